@@ -1,0 +1,43 @@
+"""Tables and charts for notebooks. pandas/matplotlib are imported lazily."""
+from __future__ import annotations
+
+
+def table(rows: list[dict], index: str | None = None):
+    """A pandas DataFrame from a list of row dicts (renders as an HTML table in the book)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    return frame.set_index(index) if index else frame
+
+
+def bar_chart(rows: list[dict], x: str, y: str, title: str, ylabel: str | None = None):
+    """A labelled bar chart of ``y`` per ``x``; each bar is annotated with its value."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    labels, values = [str(r[x]) for r in rows], [r[y] for r in rows]
+    bars = ax.bar(labels, values, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{v:,.3g}" for v in values])
+    ax.set_title(title)
+    ax.set_ylabel(ylabel or y)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(matrix, labels: list[str], title: str):
+    """A square matrix (e.g. cosine similarities) with row/column labels and values."""
+    import matplotlib.pyplot as plt
+
+    values = [[float(v) for v in row] for row in matrix]
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.0 * len(labels) + 1))
+    image = ax.imshow(values, cmap="viridis", vmin=min(map(min, values)), vmax=1.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.7 else "black")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,114 @@
+"""The environment a chapter runs in: seeds, library versions, device, and the doctor's checks."""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import random
+import warnings
+
+from .profiles import OFFLINE, active_profile, hub_is_offline
+
+LIBRARIES = ("torch", "transformers", "tokenizers", "datasets", "peft", "trl", "accelerate",
+             "huggingface_hub", "safetensors")
+REQUIRED = ("torch", "transformers", "tokenizers", "datasets", "safetensors", "huggingface_hub")
+STRICT_ENV = "COURSE_STRICT_WARNINGS"
+# Modules whose deprecations must fail CI: the HF stack itself, and code that calls it
+# (course_lib, tests, a notebook's cells, which run as __main__). pyproject.toml's pytest
+# filterwarnings use the same pattern (a test checks).
+STRICT_WARNING_MODULES = r"(transformers|datasets|peft|trl|accelerate|course_lib|test_|__main__)"
+
+
+class _RaiseOnDeprecation(logging.Handler):
+    """transformers reports some deprecations (e.g. ``torch_dtype=``) through logging, not warnings."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecat" in message.lower():
+            raise FutureWarning(f"{record.name}: {message}")
+
+
+def strict_warnings() -> None:
+    """Turn FutureWarning/DeprecationWarning raised by or for the HF stack into errors,
+    and deprecation messages that transformers logs into FutureWarning exceptions."""
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("error", category=category, module=STRICT_WARNING_MODULES)
+    hf_logger = logging.getLogger("transformers")
+    if not any(isinstance(h, _RaiseOnDeprecation) for h in hf_logger.handlers):
+        hf_logger.addHandler(_RaiseOnDeprecation(level=logging.WARNING))
+
+
+def quiet_progress_bars() -> None:
+    """Hide per-file progress bars (loading/saving weights) that add noise to a rendered page."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so two runs print the same numbers."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions(libraries=LIBRARIES) -> dict[str, str | None]:
+    """Installed version of each library (None when missing)."""
+    found = {}
+    for name in libraries:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def setup(seed: int = 0, quiet: bool = False) -> dict:
+    """What every chapter's setup cell calls: seed, quiet the weight-loading bars, turn
+    deprecations into errors when ``COURSE_STRICT_WARNINGS=1`` (CI), report profile, device
+    and versions."""
+    from .models import pick_device
+
+    seed_everything(seed)
+    quiet_progress_bars()
+    if os.environ.get(STRICT_ENV) == "1":
+        strict_warnings()
+    info = {"profile": active_profile(), "device": pick_device(), "seed": seed,
+            "python": platform.python_version(), **versions(("torch", "transformers", "datasets"))}
+    if not quiet:
+        print(" | ".join(f"{key}: {value}" for key, value in info.items()))
+    return info
+
+
+def doctor() -> tuple[bool, list[str]]:
+    """Check what the active profile needs; returns (healthy, report lines)."""
+    from .assets import asset_status, cache_root
+    from .models import pick_device
+
+    lines, healthy = [], True
+    profile = active_profile()
+    lines.append(f"profile: {profile}   (set COURSE_PROFILE=offline|hub)")
+    lines.append(f"HF_HUB_OFFLINE: {'set' if hub_is_offline() else 'not set'}")
+    lines.append(f"python: {platform.python_version()}   device: {pick_device()}   "
+                 f"cpu threads: {os.cpu_count()}")
+    for name, version in versions().items():
+        mark = "ok " if version else ("MISSING" if name in REQUIRED else "absent")
+        healthy &= bool(version) or name not in REQUIRED
+        lines.append(f"  {mark:7} {name} {version or ''}")
+    lines.append(f"asset cache: {cache_root()}")
+    for row in asset_status():
+        needed = profile == OFFLINE
+        if row["ok"]:
+            lines.append(f"  ok      {row['asset']:9} {row['content_hash']}")
+        else:
+            healthy &= not needed
+            lines.append(f"  {'MISSING' if needed else 'absent':7} {row['asset']:9} {row['problems']}")
+    if profile == OFFLINE and not healthy:
+        lines.append("fix: run `python -m course_lib assets build` (about 3 minutes on 2 cores).")
+    return healthy, lines

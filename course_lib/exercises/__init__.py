@@ -1,0 +1,29 @@
+"""Answer checks for the chapters' exercises, one module per chapter (``ch01``, ...).
+
+Each check returns a :class:`Feedback`: ``passed`` for graders, a message that
+says what is right or what to look at next for learners.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The outcome of one exercise check."""
+
+    passed: bool
+    message: str
+
+    def __str__(self) -> str:
+        return ("✅ " if self.passed else "❌ ") + self.message
+
+    __repr__ = __str__
+
+    def _repr_markdown_(self) -> str:  # shown as the cell's result in Jupyter
+        return str(self)
+
+
+def verdict(problems: list[str], success: str) -> Feedback:
+    """Passed when ``problems`` is empty; otherwise the problems joined into one message."""
+    return Feedback(True, success) if not problems else Feedback(False, " ".join(problems))

@@ -1,0 +1,47 @@
+"""Shared test setup: offline, strict about deprecations, and a report of notebook timings."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("COURSE_STRICT_WARNINGS", "1")  # inherited by the notebook kernels
+os.environ.pop("COURSE_PROFILE", None)
+
+REPO = Path(__file__).resolve().parents[1]
+TIMINGS = REPO / "_build" / "ci" / "notebook_timings.json"
+
+
+def pytest_configure(config):
+    from course_lib.env import strict_warnings
+
+    strict_warnings()
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """An empty asset cache, so a test can build, corrupt and rebuild without touching the real one."""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def course_lm():
+    """The pretrained course LM and its tokenizer (built by `python -m course_lib assets build`)."""
+    from course_lib.models import load_model, load_tokenizer
+
+    return load_model("causal-lm"), load_tokenizer("causal-lm")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not TIMINGS.exists():
+        return
+    rows = json.loads(TIMINGS.read_text())
+    terminalreporter.section("notebook execution times (budget 120 s each, offline, this machine)")
+    for row in rows:
+        flag = "" if row["seconds"] <= row["budget"] else "  OVER BUDGET"
+        terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['status']:7} {row['notebook']}{flag}")
+    terminalreporter.write_line(f"{sum(r['seconds'] for r in rows):7.1f} s  total")

@@ -1,0 +1,155 @@
+"""The whole book, as CI builds it: every chapter executed once with nbmake, the book built from
+those outputs with warnings as errors, then every page opened in a real browser.
+
+Runs on a copy of the book sources, so the committed notebooks stay without outputs.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TIMINGS
+
+pytestmark = pytest.mark.book
+BUDGET_SECONDS = 120
+HARD_TIMEOUT_SECONDS = 300  # machines are noisy: the budget is reported, only this fails
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _toc_notebooks() -> list[str]:
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    return [c["file"] for part in toc["parts"] for c in part["chapters"] if c["file"].startswith("notebooks/")]
+
+
+@pytest.fixture(scope="module")
+def book_copy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("book")
+    for name in ("_toc.yml", "book", "notebooks"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"  # nbmake has already executed them
+    (root / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def executed(book_copy) -> subprocess.CompletedProcess:
+    """Execute every notebook of the toc once, in place in the copy, with nbmake."""
+    junit = book_copy / "nbmake.xml"
+    paths = [str(book_copy / f"{nb}.ipynb") for nb in _toc_notebooks()]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbmake", "--overwrite", f"--nbmake-timeout={HARD_TIMEOUT_SECONDS}",
+         "-p", "no:cacheprovider", "-q", f"--junitxml={junit}", "--rootdir", str(book_copy), *paths],
+        cwd=book_copy, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": ""})
+    rows = []
+    if junit.exists():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            failed = case.find("failure") is not None or case.find("error") is not None
+            rows.append({"notebook": case.get("name", "?"),
+                         "seconds": float(case.get("time", 0)), "budget": BUDGET_SECONDS,
+                         "status": "FAILED" if failed else "ok"})
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    TIMINGS.write_text(json.dumps(rows, indent=1))
+    return result
+
+
+def test_every_notebook_executes_offline(executed):
+    assert executed.returncode == 0, executed.stdout[-6000:] + executed.stderr[-3000:]
+    rows = json.loads(TIMINGS.read_text())
+    assert len(rows) == len(_toc_notebooks())
+    assert all(r["seconds"] < HARD_TIMEOUT_SECONDS for r in rows)
+
+
+@pytest.fixture(scope="module")
+def built_html(book_copy, executed) -> Path:
+    if executed.returncode != 0:
+        pytest.fail("notebooks failed to execute; see test_every_notebook_executes_offline")
+    start = time.perf_counter()
+    result = subprocess.run(["jupyter-book", "build", str(book_copy), "-W", "--keep-going"],
+                            capture_output=True, text=True)
+    print(f"book build: {time.perf_counter() - start:.1f} s")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    html = book_copy / "_build" / "html"
+    shutil.rmtree(REPO / "_build" / "ci" / "html", ignore_errors=True)
+    shutil.copytree(html, REPO / "_build" / "ci" / "html")
+    return html
+
+
+def test_book_builds_with_outputs(built_html):
+    for notebook in _toc_notebooks():
+        page = (built_html / f"{notebook}.html").read_text()
+        assert "cell_output" in page, f"{notebook}: no executed outputs in the page"
+        assert 'src="../_images/' in page or "data:image/png" in page, f"{notebook}: no plot"
+    assert (built_html / "book" / "intro.html").exists()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); CI runs this test")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def site(built_html):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_html))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_every_page_in_a_browser(built_html, site, browser):
+    pages = sorted(p.relative_to(built_html).as_posix() for p in built_html.rglob("*.html")
+                   if not p.relative_to(built_html).parts[0].startswith(("_", "genindex", "search")))
+    notebooks = {f"{nb}.html" for nb in _toc_notebooks()}
+    assert notebooks <= set(pages)
+    shots = REPO / "_build" / "ci" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(site) else route.abort())
+    for name in pages:
+        page.goto(f"{site}/{name}", wait_until="load")
+        if name == "index.html":  # a redirect to the root page
+            continue
+        assert page.title().strip() and "404" not in page.title(), name
+        body = page.inner_text("article")
+        assert "Traceback (most recent call last)" not in body, f"{name} shows a traceback"
+        assert page.locator(".output.traceback, .output.error").count() == 0, f"{name} shows an error output"
+        if name in notebooks:
+            stem = Path(name).stem
+            colab = page.locator(f'a[href^="https://colab.research.google.com/github/"][href$="{stem}.ipynb"]')
+            assert colab.count() >= 1, f"{name}: no Colab launch link"
+            solutions = page.locator(".solution")
+            assert solutions.count() == 3, f"{name}: expected 3 solutions"
+            hidden_code = page.locator(".solution .cell_input")
+            assert hidden_code.count() >= 3
+            for i in range(hidden_code.count()):
+                assert not hidden_code.nth(i).is_visible(), f"{name}: solution {i} starts expanded"
+            page.screenshot(path=str(shots / f"{stem}.png"), full_page=False)
+    context.close()

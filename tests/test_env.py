@@ -1,0 +1,52 @@
+import warnings
+
+import pytest
+
+from course_lib.__main__ import main
+from course_lib.env import STRICT_WARNING_MODULES, doctor, setup, strict_warnings
+
+
+def test_setup_reports_profile_and_seeds(capsys):
+    import torch
+
+    info = setup(seed=1)
+    first = torch.rand(1)
+    setup(seed=1, quiet=True)
+    assert torch.equal(first, torch.rand(1))
+    assert info["profile"] == "offline" and "profile: offline" in capsys.readouterr().out
+
+
+def test_doctor_is_healthy_with_built_assets(capsys):
+    assert main(["doctor"]) == 0
+    assert "healthy" in capsys.readouterr().out
+
+
+def test_doctor_fails_on_an_empty_cache_and_says_how_to_fix(tmp_cache, capsys):
+    healthy, lines = doctor()
+    assert not healthy
+    assert any("assets build" in line for line in lines)
+    assert main(["doctor"]) == 1
+
+
+def test_deprecations_become_errors():
+    strict_warnings()
+    with pytest.raises(FutureWarning):
+        warnings.warn_explicit("old", FutureWarning, "x.py", 1, module="transformers.modeling_utils")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from course_lib.models import source_of
+    from course_lib.profiles import resolve
+
+    with pytest.raises(FutureWarning, match="torch_dtype"):  # logged by transformers, raised here
+        AutoModelForCausalLM.from_pretrained(source_of(resolve("causal-lm")), torch_dtype=torch.float32)
+
+
+def test_pytest_and_notebooks_share_the_strict_pattern():
+    import tomllib
+    from pathlib import Path
+
+    config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    filters = config["tool"]["pytest"]["ini_options"]["filterwarnings"]
+    expected = STRICT_WARNING_MODULES.replace("|__main__", "")
+    assert filters == [f"error::FutureWarning:{expected}", f"error::DeprecationWarning:{expected}"]
