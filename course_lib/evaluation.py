@@ -40,3 +40,18 @@ def perplexity_baselines(model, tokenizer, split: str = "validation", block_size
         row["perplexity"] = round(row["perplexity"], 2)
         row["tokens"] = blocks.numel()
     return rows
+
+
+def normalize_answer(text: str) -> str:
+    """Whitespace-collapsed, stripped text: the form exact match compares."""
+    return " ".join(text.split())
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    """Fraction of predictions equal to their reference after :func:`normalize_answer`."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    if not references:
+        raise ValueError("exact_match needs at least one reference.")
+    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
+    return hits / len(references)

@@ -19,3 +19,13 @@ def test_pretrained_beats_both_baselines(course_lm):
     rows = {r["model"].split()[0]: r["perplexity"] for r in perplexity_baselines(model, tokenizer, max_blocks=40)}
     assert rows["pretrained"] < rows["bigram"] < rows["untrained"]
     assert rows["untrained"] > 0.5 * len(tokenizer)
+
+
+def test_exact_match():
+    from course_lib.evaluation import exact_match
+
+    assert exact_match(["json ", "os"], ["json", "sys"]) == 0.5
+    import pytest
+
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        exact_match(["a", "b"], ["a"])
