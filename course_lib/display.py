@@ -10,17 +10,26 @@ def table(rows: list[dict], index: str | None = None):
     return frame.set_index(index) if index else frame
 
 
-def bar_chart(rows: list[dict], x: str, y: str, title: str, ylabel: str | None = None):
-    """A labelled bar chart of ``y`` per ``x``; each bar is annotated with its value."""
+def bar_chart(rows: list[dict], x: str, y: str, title: str, ylabel: str | None = None,
+              log: bool = False):
+    """A labelled bar chart of ``y`` per ``x``; each bar is annotated with its value.
+
+    ``log=True`` uses a log scale, for values that span orders of magnitude.
+    """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3))
     labels, values = [str(r[x]) for r in rows], [r[y] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(labels)), 3.2))
     bars = ax.bar(labels, values, color="#4c72b0")
-    ax.bar_label(bars, labels=[f"{v:,.3g}" for v in values])
+    ax.bar_label(bars, labels=[f"{v:,.4g}" for v in values])
+    if log:
+        ax.set_yscale("log")
+    if max(len(label) for label in labels) > 12:
+        ax.tick_params(axis="x", labelrotation=20)
+        plt.setp(ax.get_xticklabels(), ha="right")
     ax.set_title(title)
     ax.set_ylabel(ylabel or y)
-    ax.margins(y=0.15)
+    ax.margins(y=0.2)
     fig.tight_layout()
     return fig
 
