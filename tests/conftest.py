@@ -36,7 +36,20 @@ def course_lm():
     return load_model("causal-lm"), load_tokenizer("causal-lm")
 
 
+_STAGE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Sum setup+call+teardown time per stage: unit tests, and each book test."""
+    path, _, name = report.nodeid.partition("::")
+    stage = f"book: {name}" if path.endswith("test_book.py") else "unit and repository tests"
+    _STAGE_SECONDS[stage] = _STAGE_SECONDS.get(stage, 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter):
+    terminalreporter.section("time per stage")
+    for stage, seconds in _STAGE_SECONDS.items():
+        terminalreporter.write_line(f"{seconds:7.1f} s  {stage}")
     if not TIMINGS.exists():
         return
     rows = json.loads(TIMINGS.read_text())
