@@ -19,6 +19,7 @@ def pytest_configure(config):
     from course_lib.env import strict_warnings
 
     strict_warnings()
+    TIMINGS.unlink(missing_ok=True)  # only this run's notebook timings are reported
 
 
 @pytest.fixture
