@@ -50,3 +50,19 @@ def heatmap(matrix, labels: list[str], title: str):
     fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
     return fig
+
+
+def line_chart(series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,
+               markers: tuple[str, ...] = ()):
+    """Several named ``(xs, ys)`` lines on one axis; names in ``markers`` are drawn as points."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), "o--" if name in markers else "-", label=name, markersize=5)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    return fig
