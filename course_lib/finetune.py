@@ -1,0 +1,448 @@
+"""Fine-tuning with peft and TRL: LoRA adapters, SFT/DPO configs that run on a CPU, prompt
+formatting for the course's instruction and preference data, and greedy answering for exact match.
+
+The pieces fit together like this::
+
+    train_rows = task_rows("sft-data", ("train",), task="module")
+    held_out = task_rows("sft-data", ("validation", "test"), task="module")
+    trainer = SFTTrainer(add_lora(model), args=sft_config(folder),
+                         train_dataset=sft_dataset(train_rows), processing_class=tokenizer)
+    run_training(trainer)
+    exact_match_score(trainer.model, tokenizer, held_out)["exact_match"]
+
+Prompts come in two styles. ``"plain"`` (the default, works with any tokenizer) writes
+``"Question: ...\\nAnswer:"`` and the answer as text; TRL appends the eos token. ``"chat"`` uses
+the conversational format: the prompt is a user message, the completion an assistant message, and
+TRL renders both with the tokenizer's chat template. Either way TRL computes the loss on the
+completion only, and :func:`generate_answers` builds its prompts exactly as training tokenised them.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from .evaluation import exact_match, normalize_answer
+from .models import pick_device
+from .profiles import CourseError
+
+STYLES = ("plain", "chat")
+# LoRA on every linear layer (attention and MLP) learned fastest among the PEFT methods measured
+# on the course LM; alpha = 2 r is the common starting point.
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+                                 "target_modules": "all-linear", "task_type": "CAUSAL_LM"}
+# Shared by SFT and DPO. TRL defaults bf16 and gradient checkpointing to on: the first fails on
+# most CPUs, the second makes tiny models about 50% slower. transformers 5.23 renamed
+# gradient_checkpointing to activation_checkpointing; setting the new name also avoids the
+# FutureWarning that TRL's old-name default raises. A constant learning rate suits short runs.
+# Nothing is saved unless asked.
+_TRAINING_DEFAULTS: dict[str, Any] = {
+    "activation_checkpointing": False, "report_to": "none", "save_strategy": "no",
+    "per_device_train_batch_size": 8, "per_device_eval_batch_size": 32,
+    "logging_steps": 10, "max_length": 128, "seed": 0, "data_seed": 0,
+    "lr_scheduler_type": "constant", "warmup_steps": 0, "dataloader_num_workers": 0,
+}
+# Full fine-tuning of the course LM; LoRA usually wants a learning rate 2-10x higher.
+SFT_DEFAULTS: dict[str, Any] = {**_TRAINING_DEFAULTS, "learning_rate": 1e-3, "max_steps": 80}
+# beta = 0.1 is TRL's default: how far the policy may drift from the reference model.
+DPO_DEFAULTS: dict[str, Any] = {**_TRAINING_DEFAULTS, "learning_rate": 2e-4, "max_steps": 20,
+                                "beta": 0.1}
+
+
+# --- warnings -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def ignore_checkpointing_rename() -> Iterator[None]:
+    """Silence one FutureWarning that peft 0.21 and TRL 1.16 trigger inside transformers 5.23, and nothing else.
+
+    transformers renamed ``model.is_gradient_checkpointing`` to ``is_activation_checkpointing``;
+    ``PeftModel.__init__`` and ``DPOTrainer`` (at every reference forward pass) still read the old
+    name. The warning is about their code, not ours, but CI turns it into an error. :func:`add_lora`,
+    :func:`load_adapter`, :func:`run_training` and :func:`evaluate` use this; wrap any other call
+    into those libraries that raises it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
+# --- LoRA ---------------------------------------------------------------------------------------
+
+def lora_config(**overrides: Any):
+    """A ``peft.LoraConfig`` with the course's defaults (:data:`LORA_DEFAULTS`) updated by ``overrides``."""
+    from peft import LoraConfig
+
+    settings = {**LORA_DEFAULTS, **overrides}
+    if settings["r"] < 1:
+        raise CourseError(f"LoRA rank r must be >= 1, got {settings['r']}.")
+    return LoraConfig(**settings)
+
+
+def add_lora(model, seed: int = 0, **overrides: Any):
+    """Wrap ``model`` in a ``PeftModel`` with fresh LoRA adapters (seeded); only the adapters train.
+
+    The base weights are frozen in place, not copied: pass ``copy.deepcopy(model)`` to keep the
+    original model usable on its own.
+    """
+    from peft import get_peft_model
+
+    config = lora_config(**overrides)
+    torch.manual_seed(seed)
+    with ignore_checkpointing_rename():
+        return get_peft_model(model, config)
+
+
+def load_adapter(model, folder: str | Path, trainable: bool = False):
+    """Attach the adapter saved in ``folder`` (``adapter_config.json`` + ``adapter_model.safetensors``)
+    to ``model``, a copy of the base model it was trained on."""
+    from peft import PeftModel
+
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise CourseError(f"No adapter_config.json in {folder}; save one with `peft_model.save_pretrained`.")
+    with ignore_checkpointing_rename():
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+
+
+def saved_files(folder: str | Path) -> list[dict]:
+    """The files of a saved model or adapter folder with their sizes, largest first."""
+    files = [p for p in Path(folder).rglob("*") if p.is_file()]
+    if not files:
+        raise CourseError(f"{folder} holds no files; save a model or adapter there first.")
+    return sorted(({"file": str(p.relative_to(folder)), "kB": round(p.stat().st_size / 1e3, 1)}
+                   for p in files), key=lambda row: -row["kB"])
+
+
+@torch.no_grad()
+def max_logit_difference(model_a, model_b, tokenizer, texts: list[str]) -> float:
+    """Largest absolute difference between two models' logits on ``texts`` (0.0 means identical)."""
+    largest = 0.0
+    for model in (model_a, model_b):
+        model.eval()
+    for text in texts:
+        inputs = tokenizer(text, return_tensors="pt")
+        a = model_a(**inputs.to(model_a.device)).logits
+        b = model_b(**inputs.to(model_b.device)).logits
+        largest = max(largest, (a.float() - b.float().to(a.device)).abs().max().item())
+    return largest
+
+
+# --- TRL configs and training -------------------------------------------------------------------
+
+def device_flags(device: str | None = None) -> dict[str, bool]:
+    """Trainer flags that depend on the device: bf16 on GPUs that support it, fp16 on older GPUs,
+    fp32 elsewhere; pinned memory only with a GPU (on a CPU it only earns a warning)."""
+    device = device or pick_device()
+    if device != "cuda":
+        return {"bf16": False, "fp16": False, "dataloader_pin_memory": False}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "fp16": not bf16, "dataloader_pin_memory": True}
+
+
+def _config(config_class, defaults: dict, output_dir: str | Path, overrides: dict):
+    known = set(config_class.__dataclass_fields__)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CourseError(f"{config_class.__name__} has no field(s) {unknown}; check the spelling "
+                          f"(e.g. max_length, not max_seq_length; eval_strategy, not evaluation_strategy).")
+    return config_class(output_dir=str(output_dir), **{**defaults, **device_flags(), **overrides})
+
+
+def sft_config(output_dir: str | Path, **overrides: Any):
+    """A ``trl.SFTConfig`` that runs on a CPU: :data:`SFT_DEFAULTS` + :func:`device_flags` + ``overrides``.
+
+    Completion-only loss needs nothing extra: TRL turns it on for prompt/completion datasets.
+    """
+    from trl import SFTConfig
+
+    return _config(SFTConfig, SFT_DEFAULTS, output_dir, overrides)
+
+
+def dpo_config(output_dir: str | Path, **overrides: Any):
+    """A ``trl.DPOConfig`` that runs on a CPU: :data:`DPO_DEFAULTS` + :func:`device_flags` + ``overrides``.
+
+    ``beta`` (default 0.1) sets how far the policy may move from the reference model;
+    ``loss_type=["sigmoid", "sft"]`` adds the SFT loss on the chosen answers.
+    """
+    from trl import DPOConfig
+
+    return _config(DPOConfig, DPO_DEFAULTS, output_dir, overrides)
+
+
+def run_training(trainer) -> dict:
+    """``trainer.train()`` (any ``Trainer``, including TRL's) with the wall time and mean loss.
+
+    Runs under :func:`ignore_checkpointing_rename`. Returns ``steps``, ``seconds`` and ``train_loss``
+    (the mean over all steps, as ``Trainer`` reports it).
+    """
+    start = time.perf_counter()
+    with ignore_checkpointing_rename():
+        result = trainer.train()
+    return {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - start, 1),
+            "train_loss": round(result.training_loss, 4)}
+
+
+def evaluate(trainer, dataset=None) -> dict:
+    """``trainer.evaluate()`` under :func:`ignore_checkpointing_rename`, floats rounded to 4 digits."""
+    with ignore_checkpointing_rename():
+        metrics = trainer.evaluate(dataset) if dataset is not None else trainer.evaluate()
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in metrics.items()}
+
+
+DPO_REWARD_METRICS = {"eval_rewards/accuracies": "reward_accuracy", "eval_rewards/margins": "reward_margin",
+                      "eval_rewards/chosen": "chosen_reward", "eval_rewards/rejected": "rejected_reward"}
+
+
+def reward_metrics(dpo_trainer, dataset=None) -> dict:
+    """DPO's implicit rewards on the evaluation pairs: how often chosen beats rejected
+    (``reward_accuracy``), by how much (``reward_margin``), and the mean reward of each side.
+
+    The reward of an answer is ``beta * (log p_policy - log p_reference)``: before training the
+    policy equals the reference, so every reward, the margin and the accuracy are 0.
+    """
+    if dataset is None and getattr(dpo_trainer, "eval_dataset", None) is None:
+        raise CourseError("reward_metrics needs evaluation pairs: build the DPOTrainer with an eval_dataset "
+                          "or pass dataset=.")
+    metrics = evaluate(dpo_trainer, dataset)
+    missing = [key for key in DPO_REWARD_METRICS if key not in metrics]
+    if missing:
+        raise CourseError(f"{missing} not in the evaluation metrics: reward_metrics needs a DPOTrainer.")
+    return {name: metrics[key] for key, name in DPO_REWARD_METRICS.items()}
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def answer_column(rows) -> str:
+    """``output`` for sft-data rows, ``chosen`` for preference-data rows."""
+    for name in ("output", "chosen"):
+        if name in rows.column_names:
+            return name
+    raise CourseError(f"No 'output' or 'chosen' column (columns: {rows.column_names}).")
+
+
+def frequent_answers(rows, k: int) -> list[str]:
+    """The ``k`` most frequent answers of ``rows`` (ties broken by first appearance)."""
+    if k < 1:
+        raise CourseError(f"k must be >= 1, got {k}.")
+    return [answer for answer, _ in Counter(rows[answer_column(rows)]).most_common(k)]
+
+
+def select_rows(dataset, task: str | None = None, answers: Iterable[str] | None = None,
+                max_answer_chars: int | None = None, corpus_split: str | Iterable[str] | None = None,
+                limit: int | None = None):
+    """Rows of an sft-data or preference-data split, narrowed by ``task``, by the set of allowed
+    ``answers``, by answer length, by the ``corpus_split`` of the document that describes the row
+    (``"train"``: pretraining saw it), and to the first ``limit`` matches (in file order)."""
+    if task is not None:
+        if "task" not in dataset.column_names:
+            raise CourseError("This dataset has no 'task' column; task= works on the offline "
+                              "sft-data and preference-data roles.")
+        tasks = set(dataset.unique("task"))
+        if task not in tasks:
+            raise CourseError(f"Unknown task {task!r}; this dataset has {sorted(tasks)}.")
+    splits = {corpus_split} if isinstance(corpus_split, str) else (
+        set(corpus_split) if corpus_split is not None else None)
+    allowed = set(answers) if answers is not None else None
+    column = answer_column(dataset)
+
+    def keep(row: dict) -> bool:
+        return ((task is None or row["task"] == task)
+                and (allowed is None or row[column] in allowed)
+                and (max_answer_chars is None or len(row[column]) <= max_answer_chars)
+                and (splits is None or row["corpus_split"] in splits))
+
+    selected = dataset.filter(keep)
+    if limit is not None:
+        selected = selected.select(range(min(limit, len(selected))))
+    if len(selected) == 0:
+        raise CourseError("No rows left after filtering; loosen task/answers/max_answer_chars/corpus_split.")
+    return selected
+
+
+def task_rows(role: str = "sft-data", splits: Iterable[str] = ("train",), **filters: Any):
+    """:func:`select_rows` over one or more splits of a dataset role, concatenated in order.
+
+    Held-out rows for evaluation are ``splits=("validation", "test")``: the task splits are made by
+    a hash of the API entry, so no function appears in both training and held-out rows.
+    """
+    from datasets import concatenate_datasets
+
+    from .data import load_role_dataset
+
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    parts = [select_rows(load_role_dataset(role, split), **filters) for split in splits]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def prompt_style(tokenizer=None, style: str = "plain") -> str:
+    """Validate ``style``; ``"chat"`` also needs a tokenizer with a chat template."""
+    if style not in STYLES:
+        raise CourseError(f"Unknown prompt style {style!r}; choose from {STYLES}.")
+    if style == "chat" and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+        raise CourseError("style='chat' needs a tokenizer with a chat template; use style='plain'.")
+    return style
+
+
+def instruction_text(row: dict) -> str:
+    """The request of an Alpaca-shaped row (``instruction`` plus ``input`` when present) or a preference ``prompt``."""
+    instruction = row.get("instruction", row.get("prompt"))
+    if instruction is None:
+        raise CourseError(f"Row has no 'instruction' or 'prompt' field (fields: {sorted(row)}).")
+    extra = row.get("input") or ""
+    return f"{instruction}\n\n{extra}" if extra else instruction
+
+
+def format_prompt(text: str, style: str = "plain"):
+    """The prompt in TRL's format: a plain string, or a one-message conversation (chat)."""
+    prompt_style(None, style)
+    if style == "chat":
+        return [{"role": "user", "content": text}]
+    return f"Question: {text}\nAnswer:"
+
+
+def format_answer(text: str, style: str = "plain"):
+    """An answer in TRL's format: ``" " + text`` (plain; TRL appends eos) or an assistant message (chat)."""
+    prompt_style(None, style)
+    if style == "chat":
+        return [{"role": "assistant", "content": text}]
+    return " " + text
+
+
+def sft_dataset(rows, style: str = "plain"):
+    """sft-data rows -> a ``prompt``/``completion`` dataset for ``SFTTrainer`` (completion-only loss)."""
+    prompt_style(None, style)
+    return rows.map(lambda row: {"prompt": format_prompt(instruction_text(row), style),
+                                 "completion": format_answer(row["output"], style)},
+                    remove_columns=rows.column_names)
+
+
+def preference_dataset(rows, style: str = "plain"):
+    """preference-data rows -> a ``prompt``/``chosen``/``rejected`` dataset for ``DPOTrainer``."""
+    prompt_style(None, style)
+    return rows.map(lambda row: {"prompt": format_prompt(instruction_text(row), style),
+                                 "chosen": format_answer(row["chosen"], style),
+                                 "rejected": format_answer(row["rejected"], style)},
+                    remove_columns=rows.column_names)
+
+
+# --- answering and scoring ----------------------------------------------------------------------
+
+def prompt_ids(tokenizer, text: str, style: str = "plain") -> list[int]:
+    """Token ids of a prompt, tokenised the way TRL tokenises it for training."""
+    prompt = format_prompt(text, prompt_style(tokenizer, style))
+    if style == "chat":
+        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Ids that end an answer: eos, plus the chat end-of-turn token ``<|im_end|>`` when the vocabulary has one."""
+    ids = [tokenizer.eos_token_id]
+    end_of_turn = tokenizer.get_vocab().get("<|im_end|>")
+    if end_of_turn is not None and end_of_turn not in ids:
+        ids.append(end_of_turn)
+    return ids
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, texts: list[str], style: str = "plain",
+                     max_new_tokens: int = 16, batch_size: int = 64) -> list[str]:
+    """Greedy answers to ``texts`` (instructions), in left-padded batches; only the new text, stripped.
+
+    Greedy decoding is deterministic, so exact match is repeatable.
+    """
+    from transformers import GenerationConfig
+
+    if max_new_tokens < 1:
+        raise CourseError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
+                              eos_token_id=stop_token_ids(tokenizer), pad_token_id=pad_id)
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        encoded = [prompt_ids(tokenizer, text, style) for text in texts[start: start + batch_size]]
+        width = max(map(len, encoded))
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+        output = model.generate(input_ids=input_ids.to(model.device),
+                                attention_mask=attention.to(model.device), generation_config=config)
+        answers.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in output[:, width:])
+    model.train(was_training)
+    return answers
+
+
+def exact_match_score(model, tokenizer, rows, style: str = "plain", max_new_tokens: int = 16) -> dict:
+    """Greedy answers to ``rows`` scored with :func:`course_lib.evaluation.exact_match`.
+
+    Returns ``exact_match``, the number of rows ``n``, and ``predictions`` (in row order).
+    """
+    predictions = generate_answers(model, tokenizer, [instruction_text(row) for row in rows], style,
+                                   max_new_tokens)
+    return {"exact_match": round(exact_match(predictions, rows[answer_column(rows)]), 4), "n": len(rows),
+            "predictions": predictions}
+
+
+def exact_match_by(rows, predictions: list[str], column: str = "corpus_split") -> list[dict]:
+    """Exact match per value of ``column`` (e.g. whether pretraining saw the row's document), with counts."""
+    if len(predictions) != len(rows):
+        raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows.")
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for row, prediction in zip(rows, predictions):
+        preds, refs = groups.setdefault(row[column], ([], []))
+        preds.append(prediction)
+        refs.append(row[answer_column(rows)])
+    return [{column: key, "n": len(refs), "exact_match": round(exact_match(preds, refs), 4)}
+            for key, (preds, refs) in sorted(groups.items())]
+
+
+def majority_exact_match(train_rows, held_out_rows) -> dict:
+    """The baseline that always answers the most frequent training answer, scored on ``held_out_rows``."""
+    answer = frequent_answers(train_rows, 1)[0]
+    references = held_out_rows[answer_column(held_out_rows)]
+    return {"answer": answer, "exact_match": round(exact_match([answer] * len(references), references), 4)}
+
+
+def answers_table(rows, predictions: dict[str, list[str]], limit: int = 5) -> list[dict]:
+    """Rows for display: the instruction, the reference, and each named model's answer marked ✓/✗."""
+    column = answer_column(rows)
+    table = []
+    for i, row in enumerate(rows.select(range(min(limit, len(rows))))):
+        entry = {"instruction": instruction_text(row), "reference": row[column]}
+        for name, answers in predictions.items():
+            mark = "✓" if normalize_answer(answers[i]) == normalize_answer(row[column]) else "✗"
+            entry[name] = f"{mark} {answers[i]}"
+        table.append(entry)
+    return table
+
+
+@torch.no_grad()
+def completion_logprob(model, tokenizer, prompt: str, completion: str, style: str = "plain") -> float:
+    """Sum of the log-probabilities of ``completion``'s tokens after ``prompt`` (an instruction),
+    formatted and tokenised as TRL does for DPO (plain style ends the completion with eos).
+
+    DPO's implicit reward of an answer is ``beta * (completion_logprob(policy) - completion_logprob(reference))``.
+    """
+    style = prompt_style(tokenizer, style)
+    context = prompt_ids(tokenizer, prompt, style)
+    if style == "chat":
+        full = list(tokenizer.apply_chat_template(format_prompt(prompt, style) + format_answer(completion, style),
+                                                  tokenize=True, return_dict=True)["input_ids"])
+    else:
+        full = list(tokenizer(format_prompt(prompt, style) + format_answer(completion, style)
+                              + tokenizer.eos_token)["input_ids"])
+    start = next((i for i, (a, b) in enumerate(zip(context, full)) if a != b), len(context))
+    if start == 0:
+        raise CourseError("The prompt tokenises to nothing in common with prompt + completion; pass a non-empty prompt.")
+    ids = torch.tensor([full], device=model.device)
+    log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    targets = ids[0, 1:]
+    return float(log_probs[torch.arange(start - 1, len(full) - 1), targets[start - 1:]].sum())
+

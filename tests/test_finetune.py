@@ -1,0 +1,184 @@
+import copy
+import warnings
+
+import pytest
+import torch
+from datasets import Dataset
+
+from course_lib import finetune as ft
+from course_lib.profiles import CourseError
+
+
+@pytest.fixture(scope="module")
+def module_rows():
+    train = ft.task_rows("sft-data", ("train",), task="module")
+    return train, ft.frequent_answers(train, 3)
+
+
+def _sft_rows(pairs):
+    return Dataset.from_list([{"instruction": q, "input": "", "output": a, "task": "module",
+                               "source": f"{a}.{q}", "corpus_split": split} for q, a, split in pairs])
+
+
+def test_lora_config_defaults_and_overrides():
+    config = ft.lora_config(r=4)
+    assert config.r == 4 and config.lora_alpha == 16 and config.task_type == "CAUSAL_LM"
+    with pytest.raises(CourseError, match="rank"):
+        ft.lora_config(r=0)
+
+
+def test_add_lora_freezes_the_base_and_is_seeded(course_lm):
+    from course_lib.models import count_parameters
+
+    model, _ = course_lm
+    first = ft.add_lora(copy.deepcopy(model), seed=1)
+    second = ft.add_lora(copy.deepcopy(model), seed=1)
+    counts = count_parameters(first)
+    assert 0 < counts["trainable_%"] < 10
+    assert all("lora_" in name for name, p in first.named_parameters() if p.requires_grad)
+    a1 = {n: p for n, p in first.named_parameters() if "lora_A" in n}
+    a2 = {n: p for n, p in second.named_parameters() if "lora_A" in n}
+    assert a1 and all(torch.equal(a1[n], a2[n]) for n in a1)
+
+
+def test_adapter_round_trip_and_merge_keep_outputs(course_lm, tmp_path):
+    model, tokenizer = course_lm
+    peft_model = ft.add_lora(copy.deepcopy(model))
+    with torch.no_grad():  # move the adapters away from their zero-initialised B matrices
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    texts = ["Return the", "class Queue"]
+    assert ft.max_logit_difference(peft_model, model, tokenizer, texts) > 1e-3
+    peft_model.save_pretrained(tmp_path)
+    names = [row["file"] for row in ft.saved_files(tmp_path)]
+    assert "adapter_model.safetensors" in names and "adapter_config.json" in names
+    reloaded = ft.load_adapter(copy.deepcopy(model), tmp_path)
+    assert ft.max_logit_difference(peft_model, reloaded, tokenizer, texts) == 0.0
+    merged = reloaded.merge_and_unload()
+    assert ft.max_logit_difference(peft_model, merged, tokenizer, texts) < 1e-4
+    with pytest.raises(CourseError, match="adapter_config"):
+        ft.load_adapter(copy.deepcopy(model), tmp_path / "missing")
+    with pytest.raises(CourseError, match="no files"):
+        ft.saved_files(tmp_path / "missing")
+
+
+def test_configs_are_cpu_safe_and_reject_old_names(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no FutureWarning from TRL's gradient_checkpointing default
+        sft = ft.sft_config(tmp_path, max_steps=3)
+        dpo = ft.dpo_config(tmp_path, beta=0.2)
+    for config in (sft, dpo):
+        assert config.bf16 is False and config.activation_checkpointing is False
+        assert config.gradient_checkpointing is False and config.report_to in ([], "none", ["none"])
+        assert config.seed == 0
+    assert sft.max_steps == 3 and dpo.beta == 0.2
+    with pytest.raises(CourseError, match="max_seq_length"):
+        ft.sft_config(tmp_path, max_seq_length=64)
+
+
+def test_device_flags():
+    assert ft.device_flags("cpu") == {"bf16": False, "fp16": False, "dataloader_pin_memory": False}
+
+
+def test_select_rows_filters(module_rows):
+    train, top = module_rows
+    assert len(top) == 3 and top[0] == "inspect"
+    narrowed = ft.select_rows(train, answers=top, corpus_split="train", max_answer_chars=20, limit=10)
+    assert 0 < len(narrowed) <= 10
+    assert all(r["output"] in top and r["corpus_split"] == "train" for r in narrowed)
+    with pytest.raises(CourseError, match="Unknown task"):
+        ft.select_rows(train, task="poetry")
+    with pytest.raises(CourseError, match="No rows left"):
+        ft.select_rows(train, answers=["no-such-module"])
+    held = ft.task_rows("sft-data", ("validation", "test"), task="module", answers=top)
+    assert not set(held["source"]) & set(train["source"])  # held-out functions are unseen in training
+    prefs = ft.task_rows("preference-data", "train", task="module", answers=top, limit=5)
+    assert len(prefs) == 5 and all(r["chosen"] in top for r in prefs)
+    with pytest.raises(CourseError, match="k must be"):
+        ft.frequent_answers(train, 0)
+
+
+def test_formats_for_trl(course_lm):
+    _, tokenizer = course_lm
+    rows = _sft_rows([("Which module defines `dumps`?", "json", "train")])
+    plain = ft.sft_dataset(rows)[0]
+    assert plain == {"prompt": "Question: Which module defines `dumps`?\nAnswer:", "completion": " json"}
+    chat = ft.sft_dataset(rows, style="chat")[0]
+    assert chat["prompt"] == [{"role": "user", "content": "Which module defines `dumps`?"}]
+    assert chat["completion"] == [{"role": "assistant", "content": "json"}]
+    prefs = Dataset.from_list([{"prompt": "Q?", "chosen": "a", "rejected": "b", "task": "module",
+                                "source": "x", "corpus_split": "train"}])
+    assert ft.preference_dataset(prefs)[0] == {"prompt": "Question: Q?\nAnswer:", "chosen": " a", "rejected": " b"}
+    assert ft.instruction_text({"instruction": "Sum", "input": "1 2"}) == "Sum\n\n1 2"
+    with pytest.raises(CourseError, match="style"):
+        ft.format_prompt("x", "markdown")
+    chat_ids = ft.prompt_ids(tokenizer, "Hi", "chat")
+    assert chat_ids[-3:] == tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"][-3:]
+    assert ft.stop_token_ids(tokenizer) == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_generate_answers_is_greedy_and_batch_independent(course_lm):
+    model, tokenizer = course_lm
+    texts = ["Which module defines `dumps`?", "What are the parameters of `os.path.join`?", "Hi"]
+    batched = ft.generate_answers(model, tokenizer, texts, max_new_tokens=5)
+    single = [ft.generate_answers(model, tokenizer, [t], max_new_tokens=5)[0] for t in texts]
+    assert batched == single and all(isinstance(a, str) for a in batched)
+    with pytest.raises(CourseError, match="max_new_tokens"):
+        ft.generate_answers(model, tokenizer, texts, max_new_tokens=0)
+
+
+def test_scores_and_tables(course_lm):
+    model, tokenizer = course_lm
+    rows = _sft_rows([("Which module defines `dumps`?", "json", "train"),
+                      ("Which module defines `join`?", "os.path", "validation")])
+    score = ft.exact_match_score(model, tokenizer, rows, max_new_tokens=4)
+    assert score["n"] == 2 and score["exact_match"] == 0.0  # the pretrained LM does not answer questions
+    by_split = ft.exact_match_by(rows, ["json", "posixpath"])
+    assert by_split == [{"corpus_split": "train", "n": 1, "exact_match": 1.0},
+                        {"corpus_split": "validation", "n": 1, "exact_match": 0.0}]
+    assert ft.majority_exact_match(rows, rows)["exact_match"] == 0.5
+    table = ft.answers_table(rows, {"model": ["json", "os"]})
+    assert table[0]["model"] == "✓ json" and table[1]["model"] == "✗ os"
+    with pytest.raises(ValueError, match="1 predictions for 2"):
+        ft.exact_match_by(rows, ["json"])
+
+
+def test_completion_logprob_matches_a_manual_sum(course_lm):
+    model, tokenizer = course_lm
+    value = ft.completion_logprob(model, tokenizer, "Which module defines `dumps`?", "json")
+    prompt = tokenizer("Question: Which module defines `dumps`?\nAnswer:")["input_ids"]
+    full = tokenizer("Question: Which module defines `dumps`?\nAnswer: json<|eos|>")["input_ids"]
+    assert full[: len(prompt)] == prompt
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([full])).logits[0].log_softmax(-1)
+    manual = sum(logits[i - 1, full[i]].item() for i in range(len(prompt), len(full)))
+    assert value == pytest.approx(manual, abs=1e-4)
+    assert ft.completion_logprob(model, tokenizer, "Hi", "json", style="chat") < 0
+
+
+def test_sft_and_dpo_train_and_report(course_lm, tmp_path):
+    """A few real optimizer steps through TRL, under the strict warning filters of the test suite."""
+    from trl import DPOTrainer, SFTTrainer
+
+    model, tokenizer = course_lm
+    top = ft.frequent_answers(ft.task_rows("sft-data", "train", task="module"), 3)
+    train = ft.task_rows("sft-data", "train", task="module", answers=top, limit=16)
+    sft = SFTTrainer(model=ft.add_lora(copy.deepcopy(model)), processing_class=tokenizer,
+                     args=ft.sft_config(tmp_path / "sft", max_steps=2, disable_tqdm=True),
+                     train_dataset=ft.sft_dataset(train))
+    report = ft.run_training(sft)
+    assert report["steps"] == 2 and report["train_loss"] > 0 and report["seconds"] >= 0
+    pairs = ft.task_rows("preference-data", "train", task="module", answers=top, limit=8)
+    dpo = DPOTrainer(model=ft.add_lora(copy.deepcopy(model)), processing_class=tokenizer,
+                     args=ft.dpo_config(tmp_path / "dpo", max_steps=2, disable_tqdm=True, learning_rate=1e-3),
+                     train_dataset=ft.preference_dataset(pairs), eval_dataset=ft.preference_dataset(pairs))
+    before = ft.reward_metrics(dpo)
+    assert before == {"reward_accuracy": 0.0, "reward_margin": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0}
+    ft.run_training(dpo)
+    after = ft.reward_metrics(dpo)
+    assert after["reward_margin"] > 0
+    with pytest.raises(CourseError, match="eval_dataset"):
+        ft.reward_metrics(sft)
+    with pytest.raises(CourseError, match="needs a DPOTrainer"):
+        ft.reward_metrics(sft, ft.sft_dataset(train))
