@@ -66,3 +66,23 @@ def line_chart(series: dict[str, tuple[list, list]], title: str, xlabel: str, yl
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def grouped_bar_chart(rows: list[dict], x: str, ys: list[str], title: str, ylabel: str):
+    """Bars for several numeric columns ``ys`` side by side for each ``x``, values annotated."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    width = 0.8 / len(ys)
+    for index, column in enumerate(ys):
+        positions = [i + (index - (len(ys) - 1) / 2) * width for i in range(len(rows))]
+        bars = ax.bar(positions, [r[column] for r in rows], width, label=column)
+        ax.bar_label(bars, labels=[f"{r[column]:,.0f}" if abs(r[column]) >= 100 else f"{r[column]:.3g}"
+                                   for r in rows], fontsize=8)
+    ax.set_xticks(range(len(rows)), [str(r[x]) for r in rows])
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
