@@ -77,6 +77,8 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
 
     seed_everything(seed)
     quiet_progress_bars()
+    # Without ipywidgets, tqdm.auto falls back to text bars (which the static book can show) and warns.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     if os.environ.get(STRICT_ENV) == "1":
         strict_warnings()
     info = {"profile": active_profile(), "device": pick_device(), "seed": seed,
