@@ -29,6 +29,21 @@ def _assets_build(_: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .env import quiet_progress_bars
+
+    quiet_progress_bars()
+    suites = bench.CPU_SUITES if args.suite == ["cpu"] else (
+        bench.ALL_SUITES if args.suite == ["all"] else tuple(args.suite))
+    command = (f"python -m course_lib bench --suite {' '.join(args.suite)}"
+               f"{' --quick' if args.quick else ''} --output {args.output}")
+    document = bench.run(suites, quick=args.quick, command=command)
+    print("\n".join(bench.summary_lines(document)))
+    print(f"{len(document['rows'])} rows written to {bench.save(document, args.output)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m course_lib")
@@ -39,6 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     assets_commands = assets_parser.add_subparsers(dest="assets_command", required=True)
     assets_commands.add_parser("build", help="build or verify every cached asset").set_defaults(
         run=_assets_build)
+    bench_parser = commands.add_parser(
+        "bench", help="benchmark generation, training, memory and quantization; write JSON (appendix A2)",
+        description="Every row is stamped with device, library versions and date. CPU suites run on the "
+                    "CPU; the gpu suite runs where CUDA exists and is skipped with a note elsewhere.")
+    bench_parser.add_argument("--suite", nargs="+", default=["cpu"], metavar="SUITE",
+                              choices=["cpu", "all", "bandwidth", "generation", "training", "memory",
+                                       "quantization", "gpu"],
+                              help="suites to run: bandwidth generation training memory quantization gpu, "
+                                   "or cpu (the five CPU suites, default) or all")
+    bench_parser.add_argument("--quick", action="store_true",
+                              help="the small settings the book uses at build time (about a minute on 2 cores)")
+    bench_parser.add_argument("--output", default="bench_results.json",
+                              help="where to write the JSON results (default: bench_results.json)")
+    bench_parser.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)
 
