@@ -37,6 +37,11 @@ def course_lm():
     return load_model("causal-lm"), load_tokenizer("causal-lm")
 
 
+def pytest_collection_modifyitems(items):
+    """Unit tests first (fast feedback), the book (notebooks, build, browser) last."""
+    items.sort(key=lambda item: item.get_closest_marker("book") is not None)
+
+
 _STAGE_SECONDS: dict[str, float] = {}
 
 
