@@ -125,6 +125,16 @@ def check_tokenizer_matches(tokenizer, model) -> list[dict]:
 
 
 @torch.no_grad()
+def try_forward(model, tokenizer, text: str) -> str:
+    """Run ``model`` on ``text`` as ``tokenizer`` encodes it; report the error (``TypeName: message``)
+    or, when it runs, the perplexity it produced."""
+    try:
+        return f"no error: perplexity {text_perplexity(model, tokenizer, text):,.1f}"
+    except (IndexError, RuntimeError) as error:
+        return describe_error(error)
+
+
+@torch.no_grad()
 def text_perplexity(model, tokenizer, text: str) -> float:
     """Perplexity of ``model`` on one text as ``tokenizer`` encodes it (no special tokens added)."""
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
@@ -358,6 +368,9 @@ def try_allocate(n_bytes: int, device: str = "cpu") -> str:
     except (torch.OutOfMemoryError, RuntimeError) as error:
         return "refused: " + describe_error(error, 300)
     del block
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        return f"granted: {n_bytes / GB:.1f} GB allocated on the GPU (and freed again)"
     return ("granted: the operating system promised the memory without reserving it "
             "(overcommit); touching it all would get the process killed")
 

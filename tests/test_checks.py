@@ -56,6 +56,8 @@ def test_wrong_tokenizer_is_detected_with_advice(course_lm):
         checks.check_tokenizer_matches(wrong, model)
     with pytest.raises(IndexError):  # what the model itself says
         model(input_ids=wrong("Return the number of items.", return_tensors="pt")["input_ids"])
+    assert checks.try_forward(model, wrong, "Return the number of items.") == "IndexError: index out of range in self"
+    assert checks.try_forward(model, load_tokenizer("causal-lm"), "Return the number of items.").startswith("no error")
 
 
 def test_matching_tokenizer_passes_and_added_tokens_need_a_resize(course_lm):
