@@ -330,6 +330,17 @@ def preference_dataset(rows, style: str = "plain"):
                     remove_columns=rows.column_names)
 
 
+def loss_text(tokenizer, example: dict) -> dict:
+    """What a tokenised SFT example trains on: the whole ``text`` and the ``text_with_loss`` (the tokens
+    whose label is not -100, i.e. the completion when TRL computes completion-only loss)."""
+    if "labels" not in example:
+        raise CourseError(f"No 'labels' in the example (keys: {sorted(example)}); pass a row of "
+                          "`SFTTrainer(...).train_dataset`.")
+    ids = example["input_ids"]
+    return {"text": tokenizer.decode(ids),
+            "text_with_loss": tokenizer.decode([t for t, label in zip(ids, example["labels"]) if label != -100])}
+
+
 # --- answering and scoring ----------------------------------------------------------------------
 
 def prompt_ids(tokenizer, text: str, style: str = "plain") -> list[int]:

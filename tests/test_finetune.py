@@ -167,6 +167,10 @@ def test_sft_and_dpo_train_and_report(course_lm, tmp_path):
     sft = SFTTrainer(model=ft.add_lora(copy.deepcopy(model)), processing_class=tokenizer,
                      args=ft.sft_config(tmp_path / "sft", max_steps=2, disable_tqdm=True),
                      train_dataset=ft.sft_dataset(train))
+    shown = ft.loss_text(tokenizer, sft.train_dataset[0])
+    assert shown["text"].startswith("Question: ") and shown["text_with_loss"] == f" {train[0]['output']}<|eos|>"
+    with pytest.raises(CourseError, match="labels"):
+        ft.loss_text(tokenizer, {"input_ids": [1, 2]})
     report = ft.run_training(sft)
     assert report["steps"] == 2 and report["train_loss"] > 0 and report["seconds"] >= 0
     pairs = ft.task_rows("preference-data", "train", task="module", answers=top, limit=8)

@@ -1,0 +1,55 @@
+import copy
+
+import torch
+
+from course_lib import finetune as ft
+from course_lib.exercises import ch05
+
+
+# --- chapter 5 -----------------------------------------------------------------------------------
+
+def test_lora_targets_check(course_lm):
+    model, _ = course_lm
+    good = ft.add_lora(copy.deepcopy(model), r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    feedback = ch05.check_lora_targets(good)
+    assert feedback.passed and "%" in feedback.message
+    wide = ft.add_lora(copy.deepcopy(model), r=4)
+    assert "q_proj" in ch05.check_lora_targets(wide).message and not ch05.check_lora_targets(wide).passed
+    assert "rank" in ch05.check_lora_targets(ft.add_lora(copy.deepcopy(model), target_modules=["q_proj", "v_proj"])).message
+    assert not ch05.check_lora_targets(model).passed
+
+
+def test_dpo_loss_check():
+    def right(pc, pr, rc, rr, beta):
+        return -torch.nn.functional.logsigmoid(beta * ((pc - rc) - (pr - rr))).mean()
+
+    def no_beta(pc, pr, rc, rr, beta):
+        return -torch.nn.functional.logsigmoid((pc - rc) - (pr - rr)).mean()
+
+    def per_pair(pc, pr, rc, rr, beta):
+        return -torch.nn.functional.logsigmoid(beta * ((pc - rc) - (pr - rr)))
+
+    assert ch05.check_dpo_loss(right).passed
+    assert "beta=0.1" in ch05.check_dpo_loss(no_beta).message
+    assert "average" in ch05.check_dpo_loss(per_pair).message
+
+
+def test_reward_margin_check(course_lm):
+    model, tokenizer = course_lm
+    policy = copy.deepcopy(model)
+    with torch.no_grad():
+        policy.lm_head.weight.add_(0.01 * torch.randn_like(policy.lm_head.weight))
+    pairs = [{"prompt": "Which module defines `dumps`?", "chosen": "json", "rejected": "pickle"}]
+
+    def right(policy, reference, tokenizer, prompt, chosen, rejected, beta):
+        def reward(answer):
+            return beta * (ft.completion_logprob(policy, tokenizer, prompt, answer)
+                           - ft.completion_logprob(reference, tokenizer, prompt, answer))
+        return reward(chosen) - reward(rejected)
+
+    def without_reference(policy, reference, tokenizer, prompt, chosen, rejected, beta):
+        return beta * (ft.completion_logprob(policy, tokenizer, prompt, chosen)
+                       - ft.completion_logprob(policy, tokenizer, prompt, rejected))
+
+    assert ch05.check_reward_margin(right, policy, model, tokenizer, pairs).passed
+    assert not ch05.check_reward_margin(without_reference, policy, model, tokenizer, pairs).passed
