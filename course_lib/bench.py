@@ -85,8 +85,8 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 SUITE_METRICS: dict[str, list[str]] = {
     "bandwidth": ["bytes_moved", "seconds", "GB_per_s"],
-    "generation": ["parameters", "weight_bytes", "ms_per_token", "tokens_per_s", "achieved_GB_per_s",
-                   "roofline_fraction"],
+    "generation": ["parameters", "weight_bytes", "first_token_ms", "ms_per_token", "tokens_per_s",
+                   "achieved_GB_per_s", "roofline_fraction"],
     "training": ["effective_batch", "seconds_per_optimizer_step", "tokens_per_s"],
     "memory": ["parameters", "bytes_on_disk", "tensor_bytes", "process_bytes", "private_bytes",
                "file_backed_bytes"],
@@ -291,8 +291,9 @@ def bandwidth_suite(settings: Settings, device: str = "cpu", progress: bool = Fa
 @torch.inference_mode()
 def measure_decoding(model, new_tokens: int = 16, repeats: int = 1, prompt_length: int = 16,
                      device: str = "cpu") -> dict[str, float]:
-    """Milliseconds per greedy decoding step, prefill excluded: ``(t(N tokens) - t(1 token)) / (N - 1)``,
-    median over ``repeats``."""
+    """Latency of greedy generation at batch 1: ``first_token_ms`` (prefill of the prompt plus one token)
+    and ``ms_per_token`` for each further token, ``(t(N tokens) - t(1 token)) / (N - 1)``; medians over
+    ``repeats``."""
     from transformers import GenerationConfig
 
     if new_tokens < 2:
@@ -306,12 +307,14 @@ def measure_decoding(model, new_tokens: int = 16, repeats: int = 1, prompt_lengt
         model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
 
     generate(4)  # warm-up
-    per_token = []
+    first, per_token = [], []
     for _ in range(repeats):
         one, many = _timed(lambda: generate(1), device), _timed(lambda: generate(new_tokens), device)
+        first.append(one)
         per_token.append(max(many - one, 1e-9) / (new_tokens - 1))
     seconds = statistics.median(per_token)
-    return {"ms_per_token": round(1000 * seconds, 3), "tokens_per_s": round(1 / seconds, 1)}
+    return {"first_token_ms": round(1000 * statistics.median(first), 3), "ms_per_token": round(1000 * seconds, 3),
+            "tokens_per_s": round(1 / seconds, 1)}
 
 
 def generation_suite(settings: Settings, device: str = "cpu", progress: bool = False,
