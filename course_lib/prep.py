@@ -272,15 +272,20 @@ def collate_causal(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
     if tokenizer.pad_token_id is None:
         raise CourseError("The tokenizer has no pad token. Set one (e.g. tokenizer.pad_token = "
                           "tokenizer.eos_token) before batching examples of different lengths.")
+    return pad_features(features, tokenizer.pad_token_id)
+
+
+def pad_features(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """:func:`collate_causal` given the pad id itself (for code that has token ids but no tokenizer)."""
     if not features:
-        raise ValueError("collate_causal needs at least one example.")
+        raise ValueError("Need at least one example to make a batch.")
     width = max(len(f["input_ids"]) for f in features)
     batch = {"input_ids": [], "attention_mask": [], "labels": []}
     for feature in features:
         ids = list(feature["input_ids"])
         labels = list(feature.get("labels", ids))
         gap = width - len(ids)
-        batch["input_ids"].append(ids + [tokenizer.pad_token_id] * gap)
+        batch["input_ids"].append(ids + [pad_token_id] * gap)
         batch["attention_mask"].append([1] * len(ids) + [0] * gap)
         batch["labels"].append(labels + [IGNORE_INDEX] * gap)
     return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
