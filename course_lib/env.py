@@ -69,6 +69,24 @@ def versions(libraries=LIBRARIES) -> dict[str, str | None]:
     return found
 
 
+def quiet_optional_backends() -> None:
+    """Import torchao (when installed) with its start-up noise swallowed.
+
+    transformers imports torchao on first model load; torchao then reports every optional
+    CUDA kernel library it cannot load on this machine, and torch warns about its enum
+    registrations. Neither affects the course, but both would print on every page.
+    """
+    import contextlib
+    import io
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            import torchao  # noqa: F401
+        except ImportError:
+            pass
+
+
 def setup(seed: int = 0, quiet: bool = False) -> dict:
     """What every chapter's setup cell calls: seed, quiet the weight-loading bars, turn
     deprecations into errors when ``COURSE_STRICT_WARNINGS=1`` (CI), report profile, device
@@ -77,6 +95,7 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
 
     seed_everything(seed)
     quiet_progress_bars()
+    quiet_optional_backends()
     # Without ipywidgets, tqdm.auto falls back to text bars (which the static book can show) and warns.
     warnings.filterwarnings("ignore", message="IProgress not found")
     if os.environ.get(STRICT_ENV) == "1":
