@@ -52,3 +52,66 @@ def test_top_words_check():
     assert "pairs" in ch02.check_top_words(42).message
     counts = Counter({"zzz": 10**9})
     assert not ch02.check_top_words(counts.most_common(10) + expected[:9]).passed
+
+
+# --- chapter 3 -------------------------------------------------------------------------------------
+
+def test_arguments_check(tmp_path):
+    from course_lib import training
+    from course_lib.exercises import ch03
+
+    good = training.training_arguments(tmp_path, eval_steps=10, save_steps=10, max_steps=40,
+                                       report_to=["tensorboard"], seed=0)
+    assert ch03.check_arguments(good).passed
+    wrong = training.training_arguments(tmp_path, max_steps=40, report_to="none", seed=1)
+    message = ch03.check_arguments(wrong).message
+    assert "eval_steps is 10" not in message and "report_to" in message and "seed is 1" in message
+    assert not ch03.check_arguments({"eval_steps": 10}).passed
+
+
+def test_compute_metrics_check():
+    import numpy as np
+
+    from course_lib.exercises import ch03
+    from course_lib.training import classification_metrics
+
+    assert ch03.check_compute_metrics(classification_metrics).passed
+
+    def accuracy_only(eval_pred):
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        return {"accuracy": float(np.mean(np.argmax(logits, -1) == eval_pred.label_ids))}
+
+    def no_tuple(eval_pred):
+        predictions = np.argmax(eval_pred.predictions, -1)
+        return {"accuracy": float(np.mean(predictions == eval_pred.label_ids)), "macro_f1": 0.0}
+
+    assert "no 'macro_f1'" in ch03.check_compute_metrics(accuracy_only).message
+    assert not ch03.check_compute_metrics(no_tuple).passed
+
+
+def test_loss_threshold_callback_check():
+    from transformers import TrainerCallback
+
+    from course_lib.exercises import ch03
+
+    class Good(TrainerCallback):
+        def __init__(self, threshold):
+            self.threshold = threshold
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and logs.get("loss", float("inf")) < self.threshold:
+                control.should_training_stop = True
+
+    class StopsOnEvalLoss(Good):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if min(v for k, v in logs.items() if k.endswith("loss")) < self.threshold:
+                control.should_training_stop = True
+
+    class Never(Good):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    assert ch03.check_loss_threshold_callback(Good).passed
+    assert "eval_loss" in ch03.check_loss_threshold_callback(StopsOnEvalLoss).message
+    assert "still False" in ch03.check_loss_threshold_callback(Never).message
+    assert "raised TypeError" in ch03.check_loss_threshold_callback(lambda: None).message
