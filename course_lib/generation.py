@@ -105,13 +105,15 @@ def generate_batch(model, tokenizer, prompts: list[str], settings: dict, max_new
     (eos and padding removed). ``stop_texts`` adds a :class:`StopOnText` criterion."""
     from transformers import StoppingCriteriaList, set_seed
 
-    config = decoding_config(tokenizer, max_new_tokens, **settings)
-    side = tokenizer.padding_side
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"  # generation appends on the right: prompts must end at the same column
+    if pad is None:  # many base models have no pad token: pad with eos (masked by the attention mask)
+        tokenizer.pad_token = tokenizer.eos_token
     try:
+        config = decoding_config(tokenizer, max_new_tokens, **settings)
         inputs = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
     finally:
-        tokenizer.padding_side = side
+        tokenizer.padding_side, tokenizer.pad_token = side, pad
     width = inputs["input_ids"].shape[1]
     criteria = StoppingCriteriaList([StopOnText(tokenizer, stop_texts, width)]) if stop_texts else None
     set_seed(seed)

@@ -1,4 +1,5 @@
 """Chapter 9's evaluation tools: sliding-window perplexity, generation metrics, decoding helpers."""
+import copy
 import math
 
 import pytest
@@ -136,6 +137,10 @@ def test_generate_batch_matches_single_prompts(course_lm):
         expected = [t for t in single[0, len(tokenizer(prompt)["input_ids"]):].tolist()]
         expected = expected[: expected.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in expected else expected
         assert ids == expected
+    no_pad = copy.deepcopy(tokenizer)
+    no_pad.pad_token = None
+    assert generate_batch(model, no_pad, PROMPTS, {"do_sample": False}, max_new_tokens=12) == batch
+    assert no_pad.pad_token is None and no_pad.padding_side == "right"
     sampled = generate_batch(model, tokenizer, PROMPTS, DECODING_STRATEGIES["top-p sampling (p=0.9)"], 12, seed=3)
     assert sampled == generate_batch(model, tokenizer, PROMPTS, DECODING_STRATEGIES["top-p sampling (p=0.9)"], 12,
                                      seed=3)
