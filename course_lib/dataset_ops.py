@@ -185,6 +185,28 @@ def as_text_stream(stream, to_text: Callable[[dict], str], origin: str):
     return stream.map(lambda row: {"text": to_text(row), "origin": origin}, remove_columns=columns)
 
 
+def message_text(value: Any) -> str:
+    """A string, or a conversation (a list of ``{"role", "content"}`` messages) joined into one text.
+
+    Preference data comes both ways: the course's rows hold strings, Hub sets such as
+    ``trl-lib/ultrafeedback_binarized`` hold conversations.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
+        return "\n".join(str(m["content"]) for m in value)
+    raise CourseError(f"Expected a string or a list of {{'role', 'content'}} messages, got {type(value).__name__}.")
+
+
+def preference_text(row: dict[str, Any]) -> str:
+    """The prompt and the chosen answer of a preference row as one text (for mixing into a corpus)."""
+    missing = [k for k in ("prompt", "chosen") if k not in row]
+    if missing:
+        raise CourseError(f"Preference rows need 'prompt' and 'chosen'; missing {missing}.")
+    prompt, chosen = message_text(row["prompt"]), message_text(row["chosen"])
+    return chosen if chosen.startswith(prompt) else prompt + "\n" + chosen
+
+
 def realised_mixing(rows: Iterable[dict], requested: dict[str, float], n: int,
                     key: str = "origin") -> list[dict[str, Any]]:
     """Count ``key`` over the first ``n`` rows and compare with the requested probabilities.

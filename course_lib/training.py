@@ -14,7 +14,8 @@ Presets
     schedule, so pass ``eval_dataset`` to ``Trainer`` or override ``eval_strategy="no"``.
 
 Classification
-    :func:`classification_label_names`, :func:`tokenize_for_classification`, :func:`sequence_classifier`
+    :func:`classification_splits`, :func:`classification_label_names`,
+    :func:`tokenize_for_classification`, :func:`sequence_classifier`
     (pretrained or the same architecture from random initialisation), :func:`classification_metrics`
     (a ``compute_metrics``), :func:`majority_baseline`, :func:`per_class_report`,
     :func:`confidence_summary`.
@@ -404,6 +405,29 @@ def classification_label_names(dataset) -> list[str]:
         raise CourseError(f"Labels go up to {top} but labels.json names {len(names)} classes; "
                           "rebuild the assets with `python -m course_lib assets build`.")
     return names
+
+
+def classification_splits(dataset, max_rows: int | None = None, seed: int = 0):
+    """A ``DatasetDict`` with ``train``, ``validation`` and ``test``, each at most ``max_rows`` rows.
+
+    The course's data already has the three splits and a few hundred rows. Hub datasets may lack a
+    validation split (IMDB: train/test) or be large: a missing validation split is carved out of
+    train (10%), and ``max_rows`` keeps a seeded random sample so a short run stays short.
+    """
+    from datasets import DatasetDict
+
+    if not hasattr(dataset, "keys") or "train" not in dataset:
+        raise CourseError("classification_splits needs a DatasetDict with a 'train' split.")
+    splits = {name: dataset[name] for name in ("train", "validation", "test") if name in dataset}
+    if "validation" not in splits:
+        held_out = splits["train"].train_test_split(test_size=0.1, seed=seed)
+        splits["train"], splits["validation"] = held_out["train"], held_out["test"]
+    if "test" not in splits:
+        raise CourseError(f"No 'test' split (splits: {sorted(dataset.keys())}); hold one out first.")
+    if max_rows is not None:
+        splits = {name: rows.shuffle(seed=seed).select(range(max_rows)) if len(rows) > max_rows else rows
+                  for name, rows in splits.items()}
+    return DatasetDict({name: splits[name] for name in ("train", "validation", "test")})
 
 
 def tokenize_for_classification(dataset, tokenizer, max_length: int = 64, text_column: str = "text"):

@@ -135,3 +135,14 @@ def test_memory_mapped_load_costs_less_ram_than_an_in_memory_copy(tmp_path):
     assert mapped["rows"] == in_memory["rows"] == 30000 and mapped["MB on disk"] >= 30
     assert mapped["MB of RAM allocated"] < 1 and in_memory["MB of RAM allocated"] >= 30
     assert dataset_ops.folder_bytes(tmp_path / "saved") > 30e6
+
+
+def test_preference_text_accepts_strings_and_conversations():
+    assert dataset_ops.preference_text({"prompt": "Q?", "chosen": "A.", "rejected": "B."}) == "Q?\nA."
+    conversation = {"prompt": [{"role": "user", "content": "Q?"}],
+                    "chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
+    assert dataset_ops.preference_text(conversation) == "Q?\nA."
+    with pytest.raises(CourseError, match="missing \\['chosen'\\]"):
+        dataset_ops.preference_text({"prompt": "Q?"})
+    with pytest.raises(CourseError, match="list of"):
+        dataset_ops.message_text(3)

@@ -11,14 +11,15 @@ def sft_train():
     return load_role_dataset("sft-data", split="train")
 
 
-def test_module_split_check(sft_train):
-    module_rows = sft_train.filter(lambda task: task == "module", input_columns="task")
-    assert ch02.check_module_split(module_rows.train_test_split(test_size=0.1, seed=0), sft_train).passed
-    other_seed = ch02.check_module_split(module_rows.train_test_split(test_size=0.1, seed=1), sft_train)
+def test_short_answer_split_check(sft_train):
+    short = sft_train.filter(lambda output: len(output.split()) <= 5, input_columns="output")
+    assert 0 < len(short) < len(sft_train)
+    assert ch02.check_short_answer_split(short.train_test_split(test_size=0.1, seed=0), sft_train).passed
+    other_seed = ch02.check_short_answer_split(short.train_test_split(test_size=0.1, seed=1), sft_train)
     assert not other_seed.passed and "seed=0" in other_seed.message
-    unfiltered = ch02.check_module_split(sft_train.train_test_split(test_size=0.1, seed=0), sft_train)
-    assert not unfiltered.passed and "filter" in unfiltered.message
-    assert not ch02.check_module_split(module_rows, sft_train).passed
+    unfiltered = ch02.check_short_answer_split(sft_train.train_test_split(test_size=0.1, seed=0), sft_train)
+    assert not unfiltered.passed and "at most 5 words" in unfiltered.message
+    assert not ch02.check_short_answer_split(short, sft_train).passed
 
 
 def test_alpaca_formatter_check():

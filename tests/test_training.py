@@ -246,3 +246,41 @@ def test_sequence_classifier_pretrained_and_random_share_the_architecture():
     assert not torch.equal(pretrained.state_dict()[name], random_init.state_dict()[name])
     again = training.sequence_classifier(names, pretrained=False)
     assert torch.equal(random_init.state_dict()[name], again.state_dict()[name])  # seeded
+
+
+def test_classification_splits_adds_validation_and_caps_rows():
+    big = DatasetDict({"train": Dataset.from_dict({"text": [str(i) for i in range(100)], "label": [i % 2 for i in range(100)]}),
+                       "test": Dataset.from_dict({"text": ["t"] * 30, "label": [0] * 30})})
+    splits = training.classification_splits(big, max_rows=20)
+    assert list(splits) == ["train", "validation", "test"]
+    assert [len(splits[s]) for s in splits] == [20, 10, 20]
+    assert not set(splits["train"]["text"]) & set(splits["validation"]["text"])
+    again = training.classification_splits(big, max_rows=20)
+    assert list(again["train"]["text"]) == list(splits["train"]["text"])  # seeded
+    from course_lib.data import load_role_dataset
+
+    course = load_role_dataset("classification-data")
+    unchanged = training.classification_splits(course, max_rows=2000)
+    assert {s: len(unchanged[s]) for s in unchanged} == {s: len(course[s]) for s in course}
+    with pytest.raises(CourseError, match="No 'test' split"):
+        training.classification_splits(DatasetDict({"train": big["train"]}))
+    with pytest.raises(CourseError, match="DatasetDict"):
+        training.classification_splits(big["train"])
+
+
+def test_random_init_classifier_on_the_hub_profile_reads_the_hub_config(monkeypatch):
+    from transformers import AutoConfig, BertConfig
+
+    seen = []
+    monkeypatch.setenv("COURSE_PROFILE", "hub")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    tiny = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+
+    def fake_from_pretrained(source, **kwargs):
+        seen.append(source)
+        return BertConfig(**tiny, **kwargs)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", fake_from_pretrained)
+    model = training.sequence_classifier(["neg", "pos"], pretrained=False)
+    assert seen == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert model.config.id2label == {0: "neg", 1: "pos"}

@@ -17,32 +17,34 @@ ALPACA_PROBES = (
 )
 
 
-def check_module_split(splits, source) -> Feedback:
-    """Easy: ``source`` (the sft-data train split) filtered to ``task == "module"`` rows, then split
-    90/10 into ``train``/``test`` with ``train_test_split(test_size=0.1, seed=0)``."""
-    problems = []
+def _is_short(output: str, max_words: int) -> bool:
+    return len(output.split()) <= max_words
+
+
+def check_short_answer_split(splits, source, max_words: int = 5) -> Feedback:
+    """Easy: ``source`` (the sft-data train split) filtered to rows whose ``output`` has at most
+    ``max_words`` words, then split 90/10 into ``train``/``test`` with
+    ``train_test_split(test_size=0.1, seed=0)``."""
     if not hasattr(splits, "keys") or set(splits.keys()) != {"train", "test"}:
         return Feedback(False, "expected the DatasetDict that `train_test_split` returns, with 'train' and "
                                "'test' splits.")
-    expected = source.filter(lambda task: task == "module", input_columns="task")
+    problems = []
+    expected = source.filter(lambda output: _is_short(output, max_words), input_columns="output")
     train, test = splits["train"], splits["test"]
     if len(train) + len(test) != len(expected):
-        problems.append(f"train + test hold {len(train) + len(test)} rows; the 'module' rows number "
-                        f"{len(expected)} (filter on the `task` column).")
-    if set(train["task"]) | set(test["task"]) != {"module"}:
-        problems.append("some rows are not 'module' questions.")
+        problems.append(f"train + test hold {len(train) + len(test)} rows; {len(expected)} rows have an "
+                        f"output of at most {max_words} words (split on whitespace: `len(output.split())`).")
+    elif not all(_is_short(o, max_words) for o in list(train["output"]) + list(test["output"])):
+        problems.append(f"some rows have outputs longer than {max_words} words.")
     if abs(len(test) - round(0.1 * len(expected))) > 1:
         problems.append(f"the test split has {len(test)} rows; 10% would be about {round(0.1 * len(expected))}.")
     if not problems:
         reference = expected.train_test_split(test_size=0.1, seed=0)
-        if reference["test"]["source"] != test["source"]:
+        if list(reference["test"]["output"]) != list(test["output"]):
             problems.append("right sizes, but not the rows `seed=0` picks: pass seed=0 to train_test_split "
                             "(and filter before splitting).")
-    shared = set(train["source"]) & set(test["source"]) if not problems else set()
-    if shared:
-        problems.append(f"{len(shared)} functions appear in both splits.")
-    return verdict(problems, f"{len(train)} train and {len(test)} test 'module' questions, reproducible "
-                             "with seed=0.")
+    return verdict(problems, f"{len(train)} train and {len(test)} test rows with short answers, "
+                             "reproducible with seed=0.")
 
 
 def check_alpaca_formatter(formatter: Callable[[dict], str]) -> Feedback:
