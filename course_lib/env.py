@@ -93,11 +93,12 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
     and versions."""
     from .models import pick_device
 
+    # Without ipywidgets, tqdm.auto falls back to text bars (which the static book can show) and
+    # warns when first imported, which the next lines do.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     seed_everything(seed)
     quiet_progress_bars()
     quiet_optional_backends()
-    # Without ipywidgets, tqdm.auto falls back to text bars (which the static book can show) and warns.
-    warnings.filterwarnings("ignore", message="IProgress not found")
     if os.environ.get(STRICT_ENV) == "1":
         strict_warnings()
     info = {"profile": active_profile(), "device": pick_device(), "seed": seed,
