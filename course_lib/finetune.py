@@ -401,17 +401,46 @@ def exact_match_score(model, tokenizer, rows, style: str = "plain", max_new_toke
             "predictions": predictions}
 
 
-def exact_match_by(rows, predictions: list[str], column: str = "corpus_split") -> list[dict]:
-    """Exact match per value of ``column`` (e.g. whether pretraining saw the row's document), with counts."""
+def exact_match_by(rows, predictions: list[str], column: str = "corpus_split",
+                   groups: list | None = None) -> list[dict]:
+    """Exact match per value of ``column`` (e.g. whether pretraining saw the row's document), with
+    counts; or per value of ``groups`` (one label per row) when given, reported under ``column``."""
     if len(predictions) != len(rows):
         raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows.")
-    groups: dict[str, tuple[list[str], list[str]]] = {}
-    for row, prediction in zip(rows, predictions):
-        preds, refs = groups.setdefault(row[column], ([], []))
+    labels = groups if groups is not None else rows[column]
+    if len(labels) != len(rows):
+        raise ValueError(f"{len(labels)} group labels for {len(rows)} rows.")
+    found: dict = {}
+    for label, prediction, reference in zip(labels, predictions, rows[answer_column(rows)]):
+        preds, refs = found.setdefault(label, ([], []))
         preds.append(prediction)
-        refs.append(row[answer_column(rows)])
+        refs.append(reference)
     return [{column: key, "n": len(refs), "exact_match": round(exact_match(preds, refs), 4)}
-            for key, (preds, refs) in sorted(groups.items())]
+            for key, (preds, refs) in sorted(found.items())]
+
+
+def exact_match_table(rows, predictions: dict[str, list[str]], groups: list, column: str = "group",
+                      difference: tuple[str, str] | None = None) -> list[dict]:
+    """One row per group label (``groups``: one label per row of ``rows``), one exact-match column per
+    named model in ``predictions``, the group size ``n``, and optionally ``difference = (a, b)``: a - b."""
+    table: dict = {}
+    for name, answers in predictions.items():
+        for entry in exact_match_by(rows, answers, column, groups):
+            table.setdefault(entry[column], {column: entry[column], "n": entry["n"]})[name] = entry["exact_match"]
+    if difference is not None:
+        a, b = difference
+        if a not in predictions or b not in predictions:
+            raise CourseError(f"difference names {difference} must be keys of predictions {list(predictions)}.")
+        for entry in table.values():
+            entry[f"{a} - {b}"] = round(entry[a] - entry[b], 4)
+    return list(table.values())
+
+
+def is_correct(predictions: list[str], references: list[str]) -> list[bool]:
+    """Per-row exact match (after :func:`course_lib.evaluation.normalize_answer`)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    return [normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references)]
 
 
 def majority_exact_match(train_rows, held_out_rows) -> dict:
@@ -457,3 +486,79 @@ def completion_logprob(model, tokenizer, prompt: str, completion: str, style: st
     targets = ids[0, 1:]
     return float(log_probs[torch.arange(start - 1, len(full) - 1), targets[start - 1:]].sum())
 
+
+
+# --- what pretraining already knows ----------------------------------------------------------
+
+def function_name(row: dict) -> str:
+    """The function a ``module``-task row asks about: its ``source`` without the module prefix."""
+    module = row.get("output", row.get("chosen"))
+    if row.get("task") != "module" or not row["source"].startswith(f"{module}."):
+        raise CourseError(f"Not a 'module' task row: {row.get('source')!r} -> {module!r}.")
+    return row["source"][len(module) + 1:]
+
+
+def corpus_mentions(text: str, limit: int = 3) -> list[dict]:
+    """Lines of the pretraining corpus (offline profile) that contain ``text``, with the document id
+    and its split: where pretraining could have learned a fact the instruction data asks about."""
+    import json
+
+    from . import assets
+
+    found = []
+    for split in ("train", "validation", "test"):
+        with open(assets.corpus() / f"{split}.jsonl", encoding="utf-8") as handle:
+            for line in handle:
+                document = json.loads(line)
+                for text_line in document["text"].splitlines():
+                    if text in text_line:
+                        found.append({"document": document["id"], "corpus_split": split, "line": text_line})
+                        if len(found) >= limit:
+                            return found
+    return found
+
+
+@torch.no_grad()
+def module_probe(model, tokenizer, rows, modules: list[str], template: str = "function {module}.{name}(") -> dict:
+    """Zero-shot multiple choice: for each ``module``-task row, the candidate module under which the
+    model finds the function's name most likely, in the layout of the corpus (``template``).
+
+    The score is ``log p(name + "(" | "function <module>.")``: conditioned on the module, so a module
+    that is frequent in the corpus gets no head start. No training and no question format are
+    involved, so it measures what pretraining stored. Returns ``accuracy``, ``chance`` and ``predictions``.
+    """
+    if "{module}" not in template or not template.endswith("{name}("):
+        raise CourseError("template must contain {module} and end with '{name}('.")
+    model.eval()
+    predictions = []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for row in rows:
+        name = function_name(row)
+        scores = []
+        sequences, starts = [], []
+        for module in modules:
+            prefix = template.split("{name}")[0].format(module=module)
+            context = tokenizer(prefix)["input_ids"]
+            full = tokenizer(template.format(module=module, name=name))["input_ids"]
+            sequences.append(full)
+            starts.append(next((i for i, (a, b) in enumerate(zip(context, full)) if a != b), len(context)))
+        width = max(map(len, sequences))
+        ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], device=model.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
+        log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        for k, (sequence, start) in enumerate(zip(sequences, starts)):
+            positions = torch.arange(max(start, 1), len(sequence), device=model.device)
+            scores.append(float(log_probs[k, positions - 1, ids[k, positions]].sum()))
+        predictions.append(modules[max(range(len(modules)), key=scores.__getitem__)])
+    references = rows[answer_column(rows)]
+    return {"accuracy": round(exact_match(predictions, references), 4), "chance": round(1 / len(modules), 4),
+            "predictions": predictions}
+
+
+def count_by(rows, *columns: str) -> list[dict]:
+    """Row counts per combination of ``columns`` (e.g. ``"task", "corpus_split"``), most frequent first."""
+    missing = [c for c in columns if c not in rows.column_names]
+    if not columns or missing:
+        raise CourseError(f"Name columns to count by; missing {missing} (columns: {rows.column_names}).")
+    counts = Counter(zip(*(rows[c] for c in columns)))
+    return [dict(zip(columns, key)) | {"rows": n} for key, n in counts.most_common()]

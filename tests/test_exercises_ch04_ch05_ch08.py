@@ -53,3 +53,47 @@ def test_reward_margin_check(course_lm):
 
     assert ch05.check_reward_margin(right, policy, model, tokenizer, pairs).passed
     assert not ch05.check_reward_margin(without_reference, policy, model, tokenizer, pairs).passed
+
+
+# --- chapter 8 -----------------------------------------------------------------------------------
+
+def test_seen_share_check():
+    from course_lib.exercises import ch08
+
+    rows = ft.task_rows("sft-data", ("validation", "test"), task="signature")
+    share = sum(s == "train" for s in rows["corpus_split"]) / len(rows)
+    assert ch08.check_seen_share(share).passed
+    assert not ch08.check_seen_share(1.0).passed
+
+
+def test_chat_dataset_check(course_lm):
+    from course_lib.exercises import ch08
+
+    _, tokenizer = course_lm
+    rows = ft.task_rows("sft-data", "train", task="module", limit=5)
+    assert ch08.check_chat_dataset(ft.sft_dataset(rows, style="chat"), rows, tokenizer).passed
+    plain = ch08.check_chat_dataset(ft.sft_dataset(rows), rows, tokenizer)
+    assert not plain.passed and "user" in plain.message
+    assert "columns" in ch08.check_chat_dataset(rows, rows, tokenizer).message
+
+
+def test_merged_weight_check(course_lm):
+    from course_lib.exercises import ch08
+
+    model, _ = course_lm
+    peft_model = ft.add_lora(copy.deepcopy(model), r=4, lora_alpha=16)
+    layer = "model.layers.0.self_attn.q_proj"
+
+    def right(peft_model, layer):
+        module = peft_model.get_submodule(f"base_model.model.{layer}")
+        return module.base_layer.weight + 4.0 * module.lora_B["default"].weight @ module.lora_A["default"].weight
+
+    def unscaled(peft_model, layer):
+        module = peft_model.get_submodule(f"base_model.model.{layer}")
+        return module.base_layer.weight + module.lora_B["default"].weight @ module.lora_A["default"].weight
+
+    assert "still zero" in ch08.check_merged_weight(right, peft_model).message
+    with torch.no_grad():
+        peft_model.get_submodule(f"base_model.model.{layer}").lora_B["default"].weight.normal_(0, 0.1)
+    assert ch08.check_merged_weight(right, peft_model).passed
+    assert "lora_alpha / r" in ch08.check_merged_weight(unscaled, peft_model).message

@@ -186,3 +186,46 @@ def test_sft_and_dpo_train_and_report(course_lm, tmp_path):
         ft.reward_metrics(sft)
     with pytest.raises(CourseError, match="needs a DPOTrainer"):
         ft.reward_metrics(sft, ft.sft_dataset(train))
+
+
+def test_group_tables():
+    rows = _sft_rows([("q1", "json", "train"), ("q2", "os", "train"), ("q3", "re", "test")])
+    assert ft.is_correct(["json", " os", "x"], rows["output"]) == [True, True, False]
+    by = ft.exact_match_by(rows, ["json", "x", "re"], column="seen", groups=[True, False, False])
+    assert by == [{"seen": False, "n": 2, "exact_match": 0.5}, {"seen": True, "n": 1, "exact_match": 1.0}]
+    pivot = ft.exact_match_table(rows, {"a": ["json", "os", "re"], "b": ["x", "os", "x"]},
+                                 groups=["g1", "g1", "g2"], difference=("a", "b"))
+    assert pivot == [{"group": "g1", "n": 2, "a": 1.0, "b": 0.5, "a - b": 0.5},
+                     {"group": "g2", "n": 1, "a": 1.0, "b": 0.0, "a - b": 1.0}]
+    with pytest.raises(CourseError, match="difference"):
+        ft.exact_match_table(rows, {"a": ["json"] * 3}, groups=[1, 1, 1], difference=("a", "c"))
+    with pytest.raises(ValueError, match="2 group labels"):
+        ft.exact_match_by(rows, ["json"] * 3, groups=[1, 2])
+    counts = ft.count_by(rows, "corpus_split")
+    assert counts == [{"corpus_split": "train", "rows": 2}, {"corpus_split": "test", "rows": 1}]
+    with pytest.raises(CourseError, match="missing"):
+        ft.count_by(rows, "colour")
+
+
+def test_corpus_knowledge_helpers(course_lm):
+    from course_lib.assets.pretrain import new_model
+
+    model, tokenizer = course_lm
+    train = ft.task_rows("sft-data", "train", task="module")
+    row = train[0]
+    name = ft.function_name(row)
+    assert f"{row['output']}.{name}" == row["source"]
+    with pytest.raises(CourseError, match="module"):
+        ft.function_name({"task": "summary", "source": "a.b", "output": "text"})
+    mentions = ft.corpus_mentions(f"function {row['source']}(")
+    assert mentions and mentions[0]["corpus_split"] == row["corpus_split"]
+    assert ft.corpus_mentions("no such text anywhere \u2603") == []
+    modules = ft.frequent_answers(train, 8)
+    held = ft.task_rows("sft-data", ("validation", "test"), task="module", answers=modules)
+    pretrained = ft.module_probe(model, tokenizer, held, modules)
+    untrained = ft.module_probe(new_model(tokenizer), tokenizer, held, modules)
+    assert pretrained["chance"] == 0.125 and len(pretrained["predictions"]) == len(held)
+    # the pretrained LM places held-out functions in their module far above chance; random init does not
+    assert pretrained["accuracy"] > 2 * pretrained["chance"] > untrained["accuracy"]
+    with pytest.raises(CourseError, match="template"):
+        ft.module_probe(model, tokenizer, held, modules, template="{name} in {module}")
