@@ -38,6 +38,11 @@ def test_deprecations_become_errors():
     from course_lib.models import source_of
     from course_lib.profiles import resolve
 
+    import logging
+
+    with pytest.raises(FutureWarning, match="is deprecated"):
+        logging.getLogger("transformers.any_module").warning("`old_name` is deprecated, use `new_name`")
+    logging.Logger.warning_once.cache_clear()  # transformers logs this deprecation once per process
     with pytest.raises(FutureWarning, match="torch_dtype"):  # logged by transformers, raised here
         AutoModelForCausalLM.from_pretrained(source_of(resolve("causal-lm")), torch_dtype=torch.float32)
 
