@@ -97,3 +97,60 @@ def test_merged_weight_check(course_lm):
         peft_model.get_submodule(f"base_model.model.{layer}").lora_B["default"].weight.normal_(0, 0.1)
     assert ch08.check_merged_weight(right, peft_model).passed
     assert "lora_alpha / r" in ch08.check_merged_weight(unscaled, peft_model).message
+
+
+# --- chapter 4 -----------------------------------------------------------------------------------
+
+def test_card_data_check():
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from course_lib.exercises import ch04
+
+    def card(value, **overrides):
+        fields = dict(model_name="m", license="mit", language="en", library_name="transformers",
+                      eval_results=[EvalResult(task_type="text-generation", dataset_type="d", dataset_name="d",
+                                               metric_type="perplexity", metric_value=value)])
+        return ModelCardData(**(fields | overrides))
+
+    assert ch04.check_card_data(card(156.09), 156.09).passed
+    assert "never a typed one" in ch04.check_card_data(card(150.0), 156.09).message
+    assert "library_name" in ch04.check_card_data(card(156.09, library_name="peft"), 156.09).message
+    assert not ch04.check_card_data({"license": "mit"}, 1.0).passed
+
+
+def test_revision_files_check(course_lm, tmp_path):
+    import shutil
+
+    from course_lib import sharing
+    from course_lib.exercises import ch04
+
+    model, tokenizer = course_lm
+    repo = sharing.save_model_repo(model, tokenizer, tmp_path / "repo")
+    sharing.commit_folder(repo, "one", tag="v1.0")
+    (repo / "config.json").write_text((repo / "config.json").read_text().replace('"hidden_act"', '"hidden_act" '))
+    sharing.commit_folder(repo, "two", tag="v2.0")
+    good = sharing.checkout_revision(repo, "v1.0", tmp_path / "good")
+    assert ch04.check_revision_files(good, repo, "v1.0").passed
+    latest = tmp_path / "latest"
+    shutil.copytree(repo, latest, ignore=shutil.ignore_patterns(".git"))
+    assert "latest commit" in ch04.check_revision_files(latest, repo, "v1.0").message
+    assert not ch04.check_revision_files(tmp_path / "missing", repo).passed
+
+
+def test_next_tokens_app_check(course_lm):
+    import gradio as gr
+
+    from course_lib.exercises import ch04
+
+    model, tokenizer = course_lm
+
+    def next_tokens(prompt):
+        with torch.no_grad():
+            logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1]
+        probabilities, ids = logits.softmax(-1).topk(5)
+        return [{"token": tokenizer.decode([int(i)]), "probability": float(p)} for p, i in zip(probabilities, ids)]
+
+    good = gr.Interface(next_tokens, gr.Textbox(), gr.JSON(), api_name="next_tokens", analytics_enabled=False)
+    assert ch04.check_next_tokens_app(good, model, tokenizer).passed
+    misnamed = gr.Interface(next_tokens, gr.Textbox(), gr.JSON(), api_name="predict", analytics_enabled=False)
+    assert "api_name='next_tokens'" in ch04.check_next_tokens_app(misnamed, model, tokenizer).message
