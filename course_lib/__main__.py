@@ -29,6 +29,19 @@ def _assets_build(_: argparse.Namespace) -> int:
     return 0
 
 
+def _peft_sweep(args: argparse.Namespace) -> int:
+    from .peft_methods import run_sweep, write_sweep
+
+    results = run_sweep(steps=args.steps, names=args.methods)
+    path = write_sweep(results, args.output)
+    done = [r for r in results["rows"] if "error" not in r]
+    print(f"{len(done)}/{len(results['rows'])} methods ran; results in {path}")
+    for row in results["rows"]:
+        print(f"  {row['method']:20} " + (f"held-out loss {row['held_out_loss']:.3f}  "
+                                          f"{row['train_s']:6.1f} s" if "error" not in row else row["error"]))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from . import bench
     from .env import quiet_progress_bars
@@ -54,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     assets_commands = assets_parser.add_subparsers(dest="assets_command", required=True)
     assets_commands.add_parser("build", help="build or verify every cached asset").set_defaults(
         run=_assets_build)
+    sweep = commands.add_parser("peft-sweep", help="train every PEFT method with one budget on the "
+                                                   "course LM and write the JSON the book renders (ch. 12)")
+    sweep.add_argument("--steps", type=int, default=60, help="optimizer steps per method (default 60)")
+    sweep.add_argument("--methods", nargs="*", default=None, help="only these methods (default: all)")
+    sweep.add_argument("--output", default="book/data/peft_sweep.json", help="where to write the JSON")
+    sweep.set_defaults(run=_peft_sweep)
     bench_parser = commands.add_parser(
         "bench", help="benchmark generation, training, memory and quantization; write JSON (appendix A2)",
         description="Every row is stamped with device, library versions and date. CPU suites run on the "
