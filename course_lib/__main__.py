@@ -29,6 +29,30 @@ def _assets_build(_: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train_config import EXAMPLE_CONFIG, ConfigError, config_table, load_config, run
+
+    if args.example:
+        print(EXAMPLE_CONFIG, end="")
+        return 0
+    if not args.config:
+        print("usage: python -m course_lib train CONFIG.yaml [--check]  (or --example)", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: valid")
+        for row in config_table(config):
+            print(f"  {row['field']:38} {row['value']}")
+        return 0
+    metrics = run(config, progress=not args.quiet)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
 def _peft_sweep(args: argparse.Namespace) -> int:
     from .peft_methods import run_sweep, write_sweep
 
@@ -67,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     assets_commands = assets_parser.add_subparsers(dest="assets_command", required=True)
     assets_commands.add_parser("build", help="build or verify every cached asset").set_defaults(
         run=_assets_build)
+    train = commands.add_parser("train", help="fine-tune as a YAML config says (model role, data, method, "
+                                              "hyper-parameters, output dir); ch. 14")
+    train.add_argument("config", nargs="?", help="the YAML config file")
+    train.add_argument("--check", action="store_true", help="validate the config and stop")
+    train.add_argument("--example", action="store_true", help="print a complete example config")
+    train.add_argument("--quiet", action="store_true", help="no progress bars or logs; print only the metrics")
+    train.set_defaults(run=_train)
     sweep = commands.add_parser("peft-sweep", help="train every PEFT method with one budget on the "
                                                    "course LM and write the JSON the book renders (ch. 12)")
     sweep.add_argument("--steps", type=int, default=60, help="optimizer steps per method (default 60)")
