@@ -126,3 +126,23 @@ def test_cpu_int4_is_not_smaller_than_int8_on_disk_and_qlora_tracks_lora(course_
         peft_methods.train_steps(model, train, steps=6, lr=3e-3, batch_size=8, progress=False)
         losses.append(peft_methods.answer_metrics(model, held_out)["loss"])
     assert abs(losses[0] - losses[1]) < 0.05 * losses[1]
+
+
+def test_hub_profile_loads_the_hub_model_with_the_config(monkeypatch):
+    """Up to the network boundary: under COURSE_PROFILE=hub the repo id and the quantization config
+    reach from_pretrained."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    monkeypatch.setenv("COURSE_PROFILE", "hub")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    seen = {}
+
+    def fake_from_pretrained(source, **kwargs):
+        seen.update(source=source, **kwargs)
+        raise RuntimeError("network boundary")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    with pytest.raises(RuntimeError, match="network boundary"):
+        qz.load_quantized("bnb NF4 + double quant")
+    assert seen["source"] == "HuggingFaceTB/SmolLM2-135M"
+    assert isinstance(seen["quantization_config"], BitsAndBytesConfig) and seen["device_map"] == "cpu"
