@@ -37,6 +37,7 @@ from .profiles import CourseError
 IGNORE_INDEX = -100
 SWEEP_FILE = Path("book") / "data" / "peft_sweep.json"
 SWEEP_ENV = "COURSE_PEFT_SWEEP"
+SWEEP_URL = "https://raw.githubusercontent.com/hf-llm-course/course/main/book/data/peft_sweep.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,17 +675,46 @@ def write_sweep(results: dict[str, Any], path: str | Path = SWEEP_FILE) -> Path:
 
 def find_sweep_file(path: str | Path | None = None) -> Path:
     """The sweep's JSON: ``path``, else ``$COURSE_PEFT_SWEEP``, else ``book/data/peft_sweep.json`` next
-    to the notebook's folder or in the repository that holds course_lib."""
+    to the notebook's folder or in the repository that holds course_lib, else (when the network is
+    allowed, i.e. ``HF_HUB_OFFLINE`` is not set) the committed file downloaded from the course
+    repository into the asset cache: a ``pip install`` of course_lib (Colab) has no ``book/`` folder."""
+    from .profiles import hub_is_offline
+
     candidates = [Path(path)] if path else []
     if os.environ.get(SWEEP_ENV):
         candidates.append(Path(os.environ[SWEEP_ENV]))
+    from .assets.cache import cache_root
+
     candidates += [Path.cwd() / SWEEP_FILE, Path.cwd().parent / SWEEP_FILE,
-                   Path(__file__).resolve().parents[1] / SWEEP_FILE]
+                   Path(__file__).resolve().parents[1] / SWEEP_FILE, cache_root() / "downloads" / SWEEP_FILE.name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise CourseError(f"No PEFT sweep results found (looked in {[str(c) for c in candidates]}). "
-                      "Run `python -m course_lib peft-sweep` from the repository root (about 12 minutes).")
+    advice = ("Run `python -m course_lib peft-sweep` from the repository root (tens of minutes on 2 CPU "
+              "cores), or point $COURSE_PEFT_SWEEP at a results file.")
+    if hub_is_offline():
+        raise CourseError(f"No PEFT sweep results found (looked in {[str(c) for c in candidates]}). {advice}")
+    try:
+        return download_sweep()
+    except (OSError, ValueError) as error:
+        raise CourseError(f"No PEFT sweep results found locally, and downloading {SWEEP_URL} failed "
+                          f"({error}). {advice}") from None
+
+
+def download_sweep(url: str | None = None, timeout: float = 20) -> Path:
+    """Download the committed sweep results into the asset cache and return the file."""
+    import urllib.request
+
+    from .assets.cache import cache_root
+
+    url = url or SWEEP_URL
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - a fixed https URL
+        data = response.read()
+    json.loads(data)  # refuse to cache something that is not JSON
+    target = cache_root() / "downloads" / "peft_sweep.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target
 
 
 def load_sweep(path: str | Path | None = None) -> dict[str, Any]:

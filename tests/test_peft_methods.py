@@ -167,11 +167,35 @@ def test_sweep_file_round_trip(tmp_path, monkeypatch):
         pm.load_sweep(tmp_path / "bad.json")
 
 
-def test_missing_sweep_says_how_to_make_it(tmp_path, monkeypatch):
+def test_missing_sweep_says_how_to_make_it(tmp_path, monkeypatch, tmp_cache):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(pm.SWEEP_ENV, raising=False)
     monkeypatch.setattr(pm, "__file__", str(tmp_path / "x" / "peft_methods.py"))
-    with pytest.raises(CourseError, match="peft-sweep"):
+    with pytest.raises(CourseError, match="peft-sweep"):  # offline (conftest): no download attempted
+        pm.find_sweep_file()
+
+
+def test_sweep_is_downloaded_when_course_lib_is_installed_without_the_book(tmp_path, monkeypatch, tmp_cache):
+    import io
+    import urllib.request
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(pm.SWEEP_ENV, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(pm, "__file__", str(tmp_path / "x" / "peft_methods.py"))
+    requested = []
+
+    def fake_urlopen(url, timeout):
+        requested.append(url)
+        return io.BytesIO(json.dumps({"machine": {}, "rows": [], "steps": 1, "baseline": {}}).encode())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    found = pm.find_sweep_file()
+    assert requested == [pm.SWEEP_URL] and found.is_relative_to(tmp_cache)
+    assert pm.find_sweep_file() == found and len(requested) == 1  # cached: not downloaded again
+    found.unlink()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"<html>"))
+    with pytest.raises(CourseError, match="downloading"):
         pm.find_sweep_file()
 
 
