@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from .models import folder_bytes
 from .profiles import CourseError
 
 WORD_PATTERN = re.compile(r"[a-z]+")
@@ -247,11 +248,6 @@ def word_counts(texts: Iterable[str]) -> Counter:
 
 # ---------------------------------------------------------------------------------------------------
 # save_to_disk / load_from_disk and memory mapping
-
-
-def folder_bytes(folder: str | Path) -> int:
-    """Total size of the files under ``folder``."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def arrow_allocated_bytes() -> int:

@@ -121,11 +121,16 @@ def tensor_bytes(model: torch.nn.Module) -> int:
     return sum(storages.values())
 
 
+def folder_bytes(folder: str | Path) -> int:
+    """Total size of the files under ``folder``: what a saved model or dataset costs on disk."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
 def saved_bytes(model: torch.nn.Module) -> int:
     """Size on disk of ``save_pretrained`` (safetensors weights + config files)."""
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        return sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+        return folder_bytes(tmp)
 
 
 def memory_by_dtype(model: torch.nn.Module, dtypes=("float32", "bfloat16")) -> list[dict]:

@@ -20,12 +20,12 @@ import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+from .models import folder_bytes
 from .profiles import CourseError
 
 RELOAD_TOLERANCE = 0.01  # relative perplexity change after a save/load round trip that counts as "same"
@@ -157,11 +157,6 @@ def quiet_bnb_casts() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(notice)
-
-
-def folder_bytes(folder: str | Path) -> int:
-    """Total size of the files under ``folder``."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def eval_blocks(tokenizer, n_blocks: int = 16, block_size: int = 128) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 from datasets import Dataset, IterableDataset, interleave_datasets, load_dataset
 
 from course_lib import dataset_ops
-from course_lib.models import load_tokenizer
+from course_lib.models import folder_bytes, load_tokenizer
 from course_lib.profiles import CourseError
 
 
@@ -134,7 +134,7 @@ def test_memory_mapped_load_costs_less_ram_than_an_in_memory_copy(tmp_path):
     assert mapped["table"] == "MemoryMappedTable" and in_memory["table"] == "InMemoryTable"
     assert mapped["rows"] == in_memory["rows"] == 30000 and mapped["MB on disk"] >= 30
     assert mapped["MB of RAM allocated"] < 1 and in_memory["MB of RAM allocated"] >= 30
-    assert dataset_ops.folder_bytes(tmp_path / "saved") > 30e6
+    assert folder_bytes(tmp_path / "saved") > 30e6
 
 
 def test_preference_text_accepts_strings_and_conversations():
