@@ -290,9 +290,9 @@ def _from_pretrained(**kw):
 
 
 def _bnb_8bit():
-    from transformers import BitsAndBytesConfig
+    from .quantization import bnb_int8_config
 
-    return _from_pretrained(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu")
+    return _from_pretrained(quantization_config=bnb_int8_config(), device_map="cpu")
 
 
 def _trl_config(name: str, **kw):

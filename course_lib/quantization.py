@@ -44,20 +44,23 @@ class QuantMethod:
     note: str = ""
 
 
-def _bnb_8bit():
+def bnb_int8_config():
+    """bitsandbytes LLM.int8: 8-bit weights, outlier features kept in higher precision."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _bnb_nf4(compute_dtype: torch.dtype = torch.float32):
+def bnb_nf4_config(compute_dtype: torch.dtype = torch.float32):
+    """bitsandbytes 4-bit NormalFloat with double quantization (the QLoRA recipe)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-def _torchao_int8():
+def torchao_int8_config():
+    """torchao int8 weight-only quantization through transformers' ``TorchAoConfig``."""
     from torchao.quantization import Int8WeightOnlyConfig
     from transformers import TorchAoConfig
 
@@ -87,13 +90,13 @@ def quant_methods() -> dict[str, QuantMethod]:
     rows = [
         QuantMethod("fp32 (baseline)", "none", 32, "cpu"),
         QuantMethod("bf16", "none", 16, "cpu", dtype="bfloat16"),
-        QuantMethod("bnb int8 (LLM.int8)", "bitsandbytes", 8, "cpu", _bnb_8bit),
-        QuantMethod("bnb NF4 + double quant", "bitsandbytes", 4, "cpu", _bnb_nf4),
-        QuantMethod("torchao int8 weight-only", "torchao", 8, "cpu", _torchao_int8),
+        QuantMethod("bnb int8 (LLM.int8)", "bitsandbytes", 8, "cpu", bnb_int8_config),
+        QuantMethod("bnb NF4 + double quant", "bitsandbytes", 4, "cpu", bnb_nf4_config),
+        QuantMethod("torchao int8 weight-only", "torchao", 8, "cpu", torchao_int8_config),
         QuantMethod("torchao int4 weight-only", "torchao", 4, "cpu", torchao_int4_config,
                     note="CPU layout stores each 4-bit value in a byte"),
         QuantMethod("bnb NF4, bf16 compute (GPU)", "bitsandbytes", 4, "cuda",
-                    lambda: _bnb_nf4(torch.bfloat16), dtype="bfloat16"),
+                    lambda: bnb_nf4_config(torch.bfloat16), dtype="bfloat16"),
         QuantMethod("torchao int4 tinygemm (GPU)", "torchao", 4, "cuda",
                     lambda: torchao_int4_config(cuda=True), dtype="bfloat16"),
     ]
@@ -241,7 +244,7 @@ def qlora_model(role: str = "causal-lm", r: int = 8, alpha: int = 16, compute_dt
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = compute_dtype or (torch.bfloat16 if pick_device() == "cuda" else torch.float32)
-    method = QuantMethod("QLoRA base", "bitsandbytes", 4, device, lambda: _bnb_nf4(dtype))
+    method = QuantMethod("QLoRA base", "bitsandbytes", 4, device, lambda: bnb_nf4_config(dtype))
     base = load_quantized(method, role=role)
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     return lora(base, r=r, alpha=alpha, scope="all-linear")
