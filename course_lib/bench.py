@@ -205,28 +205,19 @@ def _looks_like_date(text: str) -> bool:
 
 def device_name(device: str = "cpu") -> str:
     """The GPU's name, or the CPU model from /proc/cpuinfo (else the platform's processor string)."""
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
+    from .env import cpu_name
+
+    return torch.cuda.get_device_name(0) if device == "cuda" else cpu_name()
 
 
 def stamp(device: str = "cpu") -> dict[str, Any]:
     """What every row carries: device, library versions, date (UTC), threads and load."""
-    from .env import versions
+    from .env import load_average, versions
 
-    try:
-        load = round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        load = None
     return {"device": device, "device_name": device_name(device),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(VERSIONED), "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count() or 1, "load_average_1m": load}
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count() or 1, "load_average_1m": load_average()}
 
 
 def _row(suite: str, config: dict, metrics: dict, device: str) -> dict:

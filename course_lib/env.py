@@ -48,6 +48,25 @@ def quiet_progress_bars() -> None:
     hf_logging.disable_progress_bar()
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else the platform's processor string."""
+    cpuinfo = "/proc/cpuinfo"
+    if os.path.exists(cpuinfo):
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): how busy a benchmark's machine was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so two runs print the same numbers."""
     import numpy as np

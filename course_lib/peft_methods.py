@@ -612,18 +612,12 @@ def lora_grid(base_model: nn.Module, train: list[dict], held_out: list[dict], st
 # ---------------------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
     """Where a benchmark ran: CPU, cores, threads, OS, Python and library versions, date (UTC)."""
-    from .env import versions
+    from .env import cpu_name, load_average, versions
 
-    processor = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        processor = names[0] if names else processor
     return {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "platform": platform.platform(), "processor": processor,
+            "platform": platform.platform(), "processor": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "load_average_1min": load_average(),
             "python": platform.python_version(), "versions": versions()}
 
 
