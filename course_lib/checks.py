@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .env import free_port
 from .profiles import CourseError
 
 GB = 1e9
@@ -377,12 +377,6 @@ def try_allocate(n_bytes: int, device: str = "cpu") -> str:
 
 # --------------------------------------------------------------------------- distributed hang
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def tidy_collective_error(message: str, limit: int = 600) -> str:
     """Drop the C++ source location, the ``TensorOptions(...)`` dumps and all but the first listed
     difference from a gloo/c10d error."""
@@ -454,7 +448,7 @@ def run_collectives(scenarios=tuple(COLLECTIVE_SCENARIOS), world_size: int = 2, 
     if unknown or world_size < 2:
         raise ValueError(f"Scenarios must be among {list(COLLECTIVE_SCENARIOS)} (got {unknown}) "
                          f"and world_size >= 2 (got {world_size}).")
-    plan = [[scenario, _free_port()] for scenario in scenarios]
+    plan = [[scenario, free_port()] for scenario in scenarios]
     env = os.environ | {"WORLD_SIZE": str(world_size), "COURSE_COLLECTIVE_PLAN": json.dumps(plan),
                         "COURSE_COLLECTIVE_TIMEOUT": str(timeout_s), "OMP_NUM_THREADS": "1"}
     env.pop("TORCH_DISTRIBUTED_DEBUG", None)

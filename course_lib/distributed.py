@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,16 +31,10 @@ from typing import Any
 
 import torch
 
+from .env import free_port
 from .profiles import CourseError
 
 LAUNCHERS = ("accelerate", "torchrun")
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 for the processes' rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import random
+import socket
 import warnings
 
 from .profiles import OFFLINE, active_profile, hub_is_offline
@@ -67,6 +68,23 @@ def load_average() -> float | None:
         return None
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it): for servers and the
+    rendezvous of the course's multi-process demos, which all bind the loopback address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def show_full_text() -> None:
+    """Let pandas tables show whole cells: the text a page teaches is never cut with "...".
+    Long cells wrap in the book (see _static/course.css) instead of widening the table."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
+
+
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so two runs print the same numbers."""
     import numpy as np
@@ -118,6 +136,7 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
     seed_everything(seed)
     quiet_progress_bars()
     quiet_optional_backends()
+    show_full_text()
     if os.environ.get(STRICT_ENV) == "1":
         strict_warnings()
     info = {"profile": active_profile(), "device": pick_device(), "seed": seed,

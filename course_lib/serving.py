@@ -20,7 +20,6 @@ import argparse
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .env import free_port
 from .generation import PRESETS
 from .profiles import CourseError
 
@@ -270,13 +270,6 @@ def require_loopback_url(url: str) -> str:
         raise CourseError(f"{url!r} is not a loopback URL; the course only sends requests to servers "
                           f"it started itself on {DEFAULT_HOST}.")
     return url.rstrip("/")
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 # --- a server in a background process ----------------------------------------------------------

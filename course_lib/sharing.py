@@ -482,7 +482,8 @@ def space_front_matter(folder: str | Path) -> dict:
 def running_demo(demo, host: str = "127.0.0.1") -> Iterator[str]:
     """Launch a Gradio app (``Blocks``/``Interface``) on a free loopback port; yields its URL and closes
     it when the ``with`` block ends. ``share=False``: no public tunnel; analytics off."""
-    from .serving import check_host, free_port
+    from .env import free_port
+    from .serving import check_host
 
     check_host(host)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"

@@ -8,7 +8,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ..serving import DEFAULT_HOST, ChatRequest, free_port, percentile, validation_problems
+from ..env import free_port
+from ..serving import DEFAULT_HOST, ChatRequest, percentile, validation_problems
 from . import Feedback, verdict
 
 REQUIRED_RULES = {"empty message": "message", "too many tokens": "max_new_tokens",
