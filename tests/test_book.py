@@ -73,6 +73,20 @@ def test_every_notebook_executes_offline(executed):
     assert all(r["seconds"] < HARD_TIMEOUT_SECONDS for r in rows)
 
 
+def test_executed_pages_read_cleanly(book_copy, executed):
+    """No long lines, library warnings, progress-bar debris, absolute paths, "..."-cut text or stray
+    return values in any executed chapter (tests/page_checks.py says what each check looks for)."""
+    from page_checks import problems
+
+    if executed.returncode != 0:
+        pytest.fail("notebooks failed to execute; see test_every_notebook_executes_offline")
+    found = []
+    for notebook in _toc_notebooks():
+        path = book_copy / f"{notebook}.ipynb"
+        found += problems(json.loads(path.read_text()), path.name)
+    assert not found, f"{len(found)} problems:\n" + "\n".join(found[:60])
+
+
 @pytest.fixture(scope="module")
 def built_html(book_copy, executed) -> Path:
     if executed.returncode != 0:
@@ -134,6 +148,7 @@ def test_every_page_in_a_browser(built_html, site, browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(site) else route.abort())
+    scrolling = []
     for name in pages:
         page.goto(f"{site}/{name}", wait_until="load")
         if name == "index.html":  # a redirect to the root page
@@ -142,6 +157,7 @@ def test_every_page_in_a_browser(built_html, site, browser):
         body = page.inner_text("article")
         assert "Traceback (most recent call last)" not in body, f"{name} shows a traceback"
         assert page.locator(".output.traceback, .output.error").count() == 0, f"{name} shows an error output"
+        scrolling += [f"{name}: {what}" for what in page.evaluate(SIDEWAYS_SCROLLERS)]
         if name in notebooks:
             stem = Path(name).stem
             colab = page.locator(f'a[href^="https://colab.research.google.com/github/"][href$="{stem}.ipynb"]')
@@ -156,3 +172,19 @@ def test_every_page_in_a_browser(built_html, site, browser):
             for i in range(hidden_code.count()):
                 assert not hidden_code.nth(i).is_visible(), f"{name}: solution {i} starts expanded"
     context.close()
+    assert not scrolling, f"{len(scrolling)} blocks scroll sideways at 1280x900:\n" + "\n".join(scrolling)
+
+
+# Code blocks, outputs and tables in the article whose content is wider than their box.
+SIDEWAYS_SCROLLERS = """() => {
+  const found = [];
+  for (const el of document.querySelectorAll('article pre, article table, article .cell_output')) {
+    if (el.closest('.solution') && !el.offsetParent) continue;  // collapsed: measured when opened
+    if (el.scrollWidth > el.clientWidth + 1 || el.getBoundingClientRect().right >
+        document.querySelector('article').getBoundingClientRect().right + 1) {
+      const text = (el.innerText || '').trim().split('\\n')[0].slice(0, 70);
+      found.push(`${el.tagName.toLowerCase()} ${el.scrollWidth}>${el.clientWidth}px: ${text}`);
+    }
+  }
+  return found;
+}"""
