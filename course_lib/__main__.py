@@ -29,30 +29,6 @@ def _assets_build(_: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .train_config import EXAMPLE_CONFIG, ConfigError, config_table, load_config, run
-
-    if args.example:
-        print(EXAMPLE_CONFIG, end="")
-        return 0
-    if not args.config:
-        print("usage: python -m course_lib train CONFIG.yaml [--check]  (or --example)", file=sys.stderr)
-        return 2
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    if args.check:
-        print(f"{args.config}: valid")
-        for row in config_table(config):
-            print(f"  {row['field']:38} {row['value']}")
-        return 0
-    metrics = run(config, progress=not args.quiet)
-    print(json.dumps(metrics, indent=1))
-    return 0
-
-
 def _peft_sweep(args: argparse.Namespace) -> int:
     from .peft_methods import run_sweep, write_sweep
 
@@ -81,6 +57,32 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assignments(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .assignments import AssignmentError, build, grade
+
+    try:
+        if args.assignments_command == "build":
+            plans = build(Path(args.out), args.chapters or None, instructor=args.instructor)
+            for plan in plans:
+                parts = [f"{e['label']} {e['points']} pt" + (" (public check only)" if e["fallback"] else "")
+                         for e in plan["exercises"]]
+                print(f"{plan['notebook']}: " + ", ".join(parts))
+            print(f"{len(plans)} chapters: student notebooks in {Path(args.out) / 'student'} "
+                  f"(zipped: student.zip), solutions/, autograder/ (hidden tests: keep them to yourself)")
+            return 0
+        path = grade(args.chapter, Path(args.submissions), Path(args.out), jobs=args.jobs,
+                     cell_timeout=args.cell_timeout, time_limit=args.time_limit, instructor=args.instructor,
+                     assignments=Path(args.assignments) if args.assignments else None)
+    except AssignmentError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(path.read_text(encoding="utf-8"), end="")
+    print(f"grades in {path}; feedback per submission in {path.parent / 'feedback'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m course_lib")
@@ -91,13 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     assets_commands = assets_parser.add_subparsers(dest="assets_command", required=True)
     assets_commands.add_parser("build", help="build or verify every cached asset").set_defaults(
         run=_assets_build)
-    train = commands.add_parser("train", help="fine-tune as a YAML config says (model role, data, method, "
-                                              "hyper-parameters, output dir); ch. 14")
-    train.add_argument("config", nargs="?", help="the YAML config file")
-    train.add_argument("--check", action="store_true", help="validate the config and stop")
-    train.add_argument("--example", action="store_true", help="print a complete example config")
-    train.add_argument("--quiet", action="store_true", help="no progress bars or logs; print only the metrics")
-    train.set_defaults(run=_train)
     sweep = commands.add_parser("peft-sweep", help="train every PEFT method with one budget on the "
                                                    "course LM and write the JSON the book renders (ch. 12)")
     sweep.add_argument("--steps", type=int, default=60, help="optimizer steps per method (default 60)")
@@ -118,6 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--output", default="bench_results.json",
                               help="where to write the JSON results (default: bench_results.json)")
     bench_parser.set_defaults(run=_bench)
+    assignments = commands.add_parser("assignments", help="student notebooks, hidden tests and grading "
+                                                          "(otter-grader); see the Instructors page")
+    assignments_commands = assignments.add_subparsers(dest="assignments_command", required=True)
+    build_parser = assignments_commands.add_parser(
+        "build", help="write every chapter's student notebook, solutions notebook and autograder to OUT")
+    build_parser.add_argument("out", help="output folder")
+    build_parser.add_argument("--chapters", nargs="*", help="only these chapters (e.g. 02 06)")
+    build_parser.add_argument("--instructor", default=None, help="folder with tests/chNN.py (default: ./instructor)")
+    build_parser.set_defaults(run=_assignments)
+    grade_parser = assignments_commands.add_parser(
+        "grade", help="grade a folder of submitted notebooks; write OUT/grades.csv and OUT/feedback/")
+    grade_parser.add_argument("chapter", help="the chapter, e.g. 06")
+    grade_parser.add_argument("submissions", help="folder of submitted .ipynb files")
+    grade_parser.add_argument("out", help="output folder")
+    grade_parser.add_argument("--assignments", default=None, help="a folder `assignments build` wrote "
+                                                                  "(default: build this chapter afresh)")
+    grade_parser.add_argument("--instructor", default=None, help="folder with tests/chNN.py (default: ./instructor)")
+    grade_parser.add_argument("--jobs", type=int, default=2, help="submissions graded at once (default 2)")
+    grade_parser.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell (default 60)")
+    grade_parser.add_argument("--time-limit", type=int, default=600, help="seconds per submission (default 600)")
+    grade_parser.set_defaults(run=_assignments)
     args = parser.parse_args(argv)
     return args.run(args)
 

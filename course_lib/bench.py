@@ -14,6 +14,7 @@ Results are a JSON document validated against :data:`SCHEMA` (JSON Schema) by :f
 Models for the speed suites are course-LM-shaped Llamas with random weights (speed does not
 depend on the values); only the quantization suite needs the trained model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -42,10 +44,25 @@ VERSIONED = ("torch", "transformers", "bitsandbytes", "torchao", "course_lib")
 
 # Llama shapes built from the course LM's config; the vocabulary (4096) stays the course tokenizer's.
 MODEL_SIZES: dict[str, dict] = {
-    "course LM": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4},
+    "course LM": {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+    },
     "small": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 6, "num_attention_heads": 4},
-    "medium": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 8},
-    "large": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12},
+    "medium": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+    },
+    "large": {
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    },
 }
 VOCAB_SIZE = 4096
 PRECISIONS = ("fp32", "bf16", "int8", "nf4")
@@ -70,14 +87,34 @@ class Settings:
     quantization_tokens: int
 
 
-QUICK = Settings(bandwidth_mb=256, bandwidth_repeats=3, generation_sizes=("course LM", "medium"),
-                 generation_dtypes=("fp32", "bf16"), new_tokens=16, repeats=1, batch_sizes=(1, 4),
-                 accumulation=(1, 4), optimizer_steps=1, memory_size="small", quantization_blocks=4,
-                 quantization_tokens=16)
-FULL = Settings(bandwidth_mb=1024, bandwidth_repeats=5, generation_sizes=tuple(MODEL_SIZES),
-                generation_dtypes=("fp32", "bf16"), new_tokens=32, repeats=3, batch_sizes=(1, 4, 16),
-                accumulation=(1, 2, 4), optimizer_steps=3, memory_size="large", quantization_blocks=16,
-                quantization_tokens=32)
+QUICK = Settings(
+    bandwidth_mb=256,
+    bandwidth_repeats=3,
+    generation_sizes=("course LM", "medium"),
+    generation_dtypes=("fp32", "bf16"),
+    new_tokens=16,
+    repeats=1,
+    batch_sizes=(1, 4),
+    accumulation=(1, 4),
+    optimizer_steps=1,
+    memory_size="small",
+    quantization_blocks=4,
+    quantization_tokens=16,
+)
+FULL = Settings(
+    bandwidth_mb=1024,
+    bandwidth_repeats=5,
+    generation_sizes=tuple(MODEL_SIZES),
+    generation_dtypes=("fp32", "bf16"),
+    new_tokens=32,
+    repeats=3,
+    batch_sizes=(1, 4, 16),
+    accumulation=(1, 2, 4),
+    optimizer_steps=3,
+    memory_size="large",
+    quantization_blocks=16,
+    quantization_tokens=32,
+)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -85,18 +122,42 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 SUITE_METRICS: dict[str, list[str]] = {
     "bandwidth": ["bytes_moved", "seconds", "GB_per_s"],
-    "generation": ["parameters", "weight_bytes", "first_token_ms", "ms_per_token", "tokens_per_s",
-                   "achieved_GB_per_s", "roofline_fraction"],
+    "generation": [
+        "parameters",
+        "weight_bytes",
+        "first_token_ms",
+        "ms_per_token",
+        "tokens_per_s",
+        "achieved_GB_per_s",
+        "roofline_fraction",
+    ],
     "training": ["effective_batch", "seconds_per_optimizer_step", "tokens_per_s"],
-    "memory": ["parameters", "bytes_on_disk", "tensor_bytes", "process_bytes", "private_bytes",
-               "file_backed_bytes"],
+    "memory": [
+        "parameters",
+        "bytes_on_disk",
+        "tensor_bytes",
+        "process_bytes",
+        "private_bytes",
+        "file_backed_bytes",
+    ],
     "quantization": ["bytes_on_disk", "perplexity", "tokens_per_s"],
 }
 _NUMBER = {"type": "number"}
 ROW_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["suite", "config", "metrics", "device", "device_name", "date", "versions", "python",
-                 "torch_threads", "cpu_count", "load_average_1m"],
+    "required": [
+        "suite",
+        "config",
+        "metrics",
+        "device",
+        "device_name",
+        "date",
+        "versions",
+        "python",
+        "torch_threads",
+        "cpu_count",
+        "load_average_1m",
+    ],
     "properties": {
         "suite": {"enum": list(SUITE_METRICS)},
         "config": {"type": "object", "additionalProperties": {"type": ["string", "number", "integer"]}},
@@ -104,16 +165,23 @@ ROW_SCHEMA: dict[str, Any] = {
         "device": {"enum": ["cpu", "cuda", "mps"]},
         "device_name": {"type": "string", "minLength": 1},
         "date": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"},
-        "versions": {"type": "object", "required": ["torch", "transformers"],
-                     "additionalProperties": {"type": ["string", "null"]}},
+        "versions": {
+            "type": "object",
+            "required": ["torch", "transformers"],
+            "additionalProperties": {"type": ["string", "null"]},
+        },
         "python": {"type": "string"},
         "torch_threads": {"type": "integer", "minimum": 1},
         "cpu_count": {"type": "integer", "minimum": 1},
         "load_average_1m": {"type": ["number", "null"]},
     },
-    "allOf": [{"if": {"properties": {"suite": {"const": suite}}},
-               "then": {"properties": {"metrics": {"required": names}}}}
-              for suite, names in SUITE_METRICS.items()],
+    "allOf": [
+        {
+            "if": {"properties": {"suite": {"const": suite}}},
+            "then": {"properties": {"metrics": {"required": names}}},
+        }
+        for suite, names in SUITE_METRICS.items()
+    ],
 }
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -141,7 +209,9 @@ def validate(document: dict) -> list[str]:
         problems.append(f"schema_version must be {SCHEMA_VERSION}")
     if document.get("settings") not in ("quick", "full"):
         problems.append("settings must be 'quick' or 'full'")
-    if not isinstance(document.get("notes", []), list) or not all(isinstance(n, str) for n in document.get("notes", [])):
+    if not isinstance(document.get("notes", []), list) or not all(
+        isinstance(n, str) for n in document.get("notes", [])
+    ):
         problems.append("notes must be a list of strings")
     for key in ("created", "command"):
         if key in document and not isinstance(document[key], str):
@@ -168,24 +238,36 @@ def _row_problems(row: Any) -> list[str]:
     if not isinstance(row.get("date", ""), str) or not _looks_like_date(row.get("date", "")):
         problems.append("date must be an ISO 8601 date-time")
     versions = row.get("versions", {})
-    if not isinstance(versions, dict) or not {"torch", "transformers"} <= set(versions) or \
-            not all(v is None or isinstance(v, str) for v in versions.values()):
-        problems.append("versions must map library names to version strings (torch and transformers required)")
+    if (
+        not isinstance(versions, dict)
+        or not {"torch", "transformers"} <= set(versions)
+        or not all(v is None or isinstance(v, str) for v in versions.values())
+    ):
+        problems.append(
+            "versions must map library names to version strings (torch and transformers required)"
+        )
     if "python" in row and not isinstance(row["python"], str):
         problems.append("python must be a string")
     for key in ("torch_threads", "cpu_count"):
-        if key in row and not (isinstance(row[key], int) and not isinstance(row[key], bool) and row[key] >= 1):
+        if key in row and not (
+            isinstance(row[key], int) and not isinstance(row[key], bool) and row[key] >= 1
+        ):
             problems.append(f"{key} must be an integer >= 1")
-    if "load_average_1m" in row and not (row["load_average_1m"] is None or _is_number(row["load_average_1m"])):
+    if "load_average_1m" in row and not (
+        row["load_average_1m"] is None or _is_number(row["load_average_1m"])
+    ):
         problems.append("load_average_1m must be a number or null")
     config, metrics = row.get("config", {}), row.get("metrics", {})
-    if not isinstance(config, dict) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
-                                               for v in config.values()):
+    if not isinstance(config, dict) or not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in config.values()
+    ):
         problems.append("config values must be strings or numbers")
     if not isinstance(metrics, dict) or not all(v is None or _is_number(v) for v in metrics.values()):
         problems.append("metric values must be numbers or null")
     elif suite in SUITE_METRICS:
-        problems += [f"{suite} row lacks metric {name!r}" for name in SUITE_METRICS[suite] if name not in metrics]
+        problems += [
+            f"{suite} row lacks metric {name!r}" for name in SUITE_METRICS[suite] if name not in metrics
+        ]
     return problems
 
 
@@ -203,6 +285,7 @@ def _looks_like_date(text: str) -> bool:
 
 # ----------------------------------------------------------------------------- stamps and helpers
 
+
 def device_name(device: str = "cpu") -> str:
     """The GPU's name, or the CPU model from /proc/cpuinfo (else the platform's processor string)."""
     from .env import cpu_name
@@ -214,10 +297,16 @@ def stamp(device: str = "cpu") -> dict[str, Any]:
     """What every row carries: device, library versions, date (UTC), threads and load."""
     from .env import load_average, versions
 
-    return {"device": device, "device_name": device_name(device),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(VERSIONED), "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count() or 1, "load_average_1m": load_average()}
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(VERSIONED),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count() or 1,
+        "load_average_1m": load_average(),
+    }
 
 
 def _row(suite: str, config: dict, metrics: dict, device: str) -> dict:
@@ -244,9 +333,16 @@ def llama(size: str, seed: int = 0):
     if size not in MODEL_SIZES:
         raise CourseError(f"Unknown model size {size!r}; choose from {list(MODEL_SIZES)}.")
     shape = MODEL_SIZES[size]
-    config = LlamaConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=512, tie_word_embeddings=True,
-                         num_key_value_heads=shape["num_attention_heads"], bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, **shape)
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        num_key_value_heads=shape["num_attention_heads"],
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        **shape,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
 
@@ -258,6 +354,7 @@ def _progress(items, description: str, enabled: bool):
 
 
 # ----------------------------------------------------------------------------- suites
+
 
 def measure_bandwidth(megabytes: int = 256, repeats: int = 3, device: str = "cpu") -> dict[str, float]:
     """Best-of-``repeats`` copy of a ``megabytes`` tensor into another: bytes read + written per second."""
@@ -275,26 +372,44 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 3, device: str = "cpu
 def bandwidth_suite(settings: Settings, device: str = "cpu", progress: bool = False) -> list[dict]:
     """One row: the measured copy bandwidth of ``device``."""
     metrics = measure_bandwidth(settings.bandwidth_mb, settings.bandwidth_repeats, device)
-    return [_row("bandwidth", {"tensor_MB": settings.bandwidth_mb, "method": "copy_ (read + write)"},
-                 metrics, device)]
+    return [
+        _row(
+            "bandwidth",
+            {"tensor_MB": settings.bandwidth_mb, "method": "copy_ (read + write)"},
+            metrics,
+            device,
+        )
+    ]
+
+
+def random_ids(model, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random token ids (never the special ids 0-2) on the model's device: a benchmark's input."""
+    from .models import device_of
+
+    generator = generator or torch.Generator().manual_seed(0)
+    return torch.randint(3, VOCAB_SIZE, shape, generator=generator).to(device_of(model))
 
 
 @torch.inference_mode()
-def measure_decoding(model, new_tokens: int = 16, repeats: int = 1, prompt_length: int = 16,
-                     device: str = "cpu") -> dict[str, float]:
+def measure_decoding(
+    model, new_tokens: int = 16, repeats: int = 1, prompt_length: int = 16
+) -> dict[str, float]:
     """Latency of greedy generation at batch 1: ``first_token_ms`` (prefill of the prompt plus one token)
     and ``ms_per_token`` for each further token, ``(t(N tokens) - t(1 token)) / (N - 1)``; medians over
-    ``repeats``."""
+    ``repeats``. The prompt is put on the model's device."""
     from transformers import GenerationConfig
+
+    from .models import device_of
 
     if new_tokens < 2:
         raise ValueError("new_tokens must be >= 2 to separate decoding from prefill.")
-    prompt = torch.randint(3, VOCAB_SIZE, (1, prompt_length), generator=torch.Generator().manual_seed(0))
-    prompt = prompt.to(device)
+    prompt = random_ids(model, (1, prompt_length))
+    device = device_of(model).type
 
     def generate(count: int) -> None:
-        config = GenerationConfig(do_sample=False, max_new_tokens=count, min_new_tokens=count,
-                                  eos_token_id=2, pad_token_id=0)
+        config = GenerationConfig(
+            do_sample=False, max_new_tokens=count, min_new_tokens=count, eos_token_id=2, pad_token_id=0
+        )
         model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
 
     generate(4)  # warm-up
@@ -306,17 +421,27 @@ def measure_decoding(model, new_tokens: int = 16, repeats: int = 1, prompt_lengt
     # On a busy machine the N-token run can come out faster than the 1-token run; the difference
     # then says nothing, so fall back to the whole run's average rather than report ~0 ms.
     seconds = (many - one) / (new_tokens - 1) if many > one else many / new_tokens
-    return {"first_token_ms": round(1000 * one, 3), "ms_per_token": round(1000 * seconds, 3),
-            "tokens_per_s": round(1 / seconds, 1)}
+    return {
+        "first_token_ms": round(1000 * one, 3),
+        "ms_per_token": round(1000 * seconds, 3),
+        "tokens_per_s": round(1 / seconds, 1),
+    }
 
 
-def generation_suite(settings: Settings, device: str = "cpu", progress: bool = False,
-                     bandwidth_GB_per_s: float | None = None, dtypes: tuple[str, ...] | None = None) -> list[dict]:
+def generation_suite(
+    settings: Settings,
+    device: str = "cpu",
+    progress: bool = False,
+    bandwidth_GB_per_s: float | None = None,
+    dtypes: tuple[str, ...] | None = None,
+) -> list[dict]:
     """Decoding speed per model size and dtype, with achieved bytes/s against the measured bandwidth."""
     from .models import tensor_bytes
 
     if bandwidth_GB_per_s is None:
-        bandwidth_GB_per_s = measure_bandwidth(settings.bandwidth_mb, settings.bandwidth_repeats, device)["GB_per_s"]
+        bandwidth_GB_per_s = measure_bandwidth(settings.bandwidth_mb, settings.bandwidth_repeats, device)[
+            "GB_per_s"
+        ]
     rows = []
     dtypes = dtypes or settings.generation_dtypes
     for size in _progress(settings.generation_sizes, "generation", progress):
@@ -324,28 +449,42 @@ def generation_suite(settings: Settings, device: str = "cpu", progress: bool = F
         for dtype in dtypes:  # cast the same weights in place: fp32 first, then narrower types
             model = model.to(_DTYPES[dtype])
             weight_bytes = tensor_bytes(model)
-            speed = measure_decoding(model, settings.new_tokens, settings.repeats, device=device)
+            speed = measure_decoding(model, settings.new_tokens, settings.repeats)
             achieved = weight_bytes * speed["tokens_per_s"] / 1e9
-            rows.append(_row("generation", {"model": size, "dtype": dtype, "new_tokens": settings.new_tokens,
-                                            "batch": 1},
-                             {"parameters": sum(p.numel() for p in model.parameters()),
-                              "weight_bytes": weight_bytes, **speed, "achieved_GB_per_s": round(achieved, 3),
-                              "bandwidth_GB_per_s": bandwidth_GB_per_s,
-                              "roofline_fraction": round(achieved / bandwidth_GB_per_s, 4)}, device))
+            rows.append(
+                _row(
+                    "generation",
+                    {"model": size, "dtype": dtype, "new_tokens": settings.new_tokens, "batch": 1},
+                    {
+                        "parameters": sum(p.numel() for p in model.parameters()),
+                        "weight_bytes": weight_bytes,
+                        **speed,
+                        "achieved_GB_per_s": round(achieved, 3),
+                        "bandwidth_GB_per_s": bandwidth_GB_per_s,
+                        "roofline_fraction": round(achieved / bandwidth_GB_per_s, 4),
+                    },
+                    device,
+                )
+            )
         del model
     return rows
 
 
-def measure_training(model, batch_size: int, accumulation: int, optimizer_steps: int, block_size: int = 128,
-                     device: str = "cpu") -> dict[str, float]:
-    """Seconds per AdamW optimizer step over ``accumulation`` micro-batches, after one warm-up step."""
+def measure_training(
+    model, batch_size: int, accumulation: int, optimizer_steps: int, block_size: int = 128
+) -> dict[str, float]:
+    """Seconds per AdamW optimizer step over ``accumulation`` micro-batches, after one warm-up step
+    (random batches on the model's device)."""
+    from .models import device_of
+
     generator = torch.Generator().manual_seed(0)
+    device = device_of(model).type
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
     def step() -> None:
         for _ in range(accumulation):
-            batch = torch.randint(3, VOCAB_SIZE, (batch_size, block_size), generator=generator).to(device)
+            batch = random_ids(model, (batch_size, block_size), generator)
             (model(input_ids=batch, labels=batch).loss / accumulation).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -353,19 +492,36 @@ def measure_training(model, batch_size: int, accumulation: int, optimizer_steps:
     step()
     seconds = _timed(lambda: [step() for _ in range(optimizer_steps)], device) / optimizer_steps
     tokens = batch_size * accumulation * block_size
-    return {"effective_batch": batch_size * accumulation, "seconds_per_optimizer_step": round(seconds, 4),
-            "tokens_per_s": round(tokens / seconds, 1)}
+    return {
+        "effective_batch": batch_size * accumulation,
+        "seconds_per_optimizer_step": round(seconds, 4),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
 
 
-def training_suite(settings: Settings, device: str = "cpu", progress: bool = False, size: str = "course LM") -> list[dict]:
+def training_suite(
+    settings: Settings, device: str = "cpu", progress: bool = False, size: str = "course LM"
+) -> list[dict]:
     """Training throughput for every micro-batch size x gradient accumulation pair."""
     rows = []
     combos = [(b, a) for b in settings.batch_sizes for a in settings.accumulation]
     for batch_size, accumulation in _progress(combos, "training", progress):
         model = llama(size).to(device)
-        metrics = measure_training(model, batch_size, accumulation, settings.optimizer_steps, device=device)
-        rows.append(_row("training", {"model": size, "micro_batch": batch_size, "accumulation": accumulation,
-                                      "block_size": 128, "optimizer": "AdamW"}, metrics, device))
+        metrics = measure_training(model, batch_size, accumulation, settings.optimizer_steps)
+        rows.append(
+            _row(
+                "training",
+                {
+                    "model": size,
+                    "micro_batch": batch_size,
+                    "accumulation": accumulation,
+                    "block_size": 128,
+                    "optimizer": "AdamW",
+                },
+                metrics,
+                device,
+            )
+        )
         del model
     return rows
 
@@ -381,7 +537,11 @@ def resident_bytes() -> dict[str, int | None]:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "RssAnon", "RssFile"):
                 fields[key] = int(value.split()[0]) * 1024
-        return {"total": fields.get("VmRSS"), "private": fields.get("RssAnon"), "file_backed": fields.get("RssFile")}
+        return {
+            "total": fields.get("VmRSS"),
+            "private": fields.get("RssAnon"),
+            "file_backed": fields.get("RssFile"),
+        }
     try:
         import psutil
 
@@ -415,7 +575,11 @@ def quantization_config(precision: str):
     if precision.startswith("int8"):
         return {"quantization_config": bnb_int8_config(), "device_map": "cpu"}
     if precision.startswith("nf4"):
-        return {"quantization_config": bnb_nf4_config(torch.float32), "device_map": "cpu", "dtype": torch.float32}
+        return {
+            "quantization_config": bnb_nf4_config(torch.float32),
+            "device_map": "cpu",
+            "dtype": torch.float32,
+        }
     raise CourseError(f"Unknown precision {precision!r}; choose from {PRECISIONS + QUANTIZATIONS}.")
 
 
@@ -427,7 +591,7 @@ def _quiet_loading() -> Iterator[None]:
         yield
 
 
-def folder_bytes(folder: str | Path) -> int:
+def weight_file_bytes(folder: str | Path) -> int:
     """Total size of the weight files (``*.safetensors``, ``*.bin``) in a folder."""
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
 
@@ -453,19 +617,28 @@ def memory_suite(settings: Settings, device: str = "cpu", progress: bool = False
             with _quiet_loading():
                 model = AutoModelForCausalLM.from_pretrained(source, **quantization_config(precision))
             with torch.no_grad(), _quiet_loading():  # touch every weight once, as inference would
-                model(input_ids=torch.randint(3, VOCAB_SIZE, (1, 16), generator=torch.Generator().manual_seed(0)))
+                model(input_ids=random_ids(model, (1, 16)))
             release_freed_memory()
             after = resident_bytes()
             keep_alive.append(model)
             saved = Path(work) / precision
             with _quiet_loading():
                 model.save_pretrained(saved)
-            rows.append(_row("memory", {"model": settings.memory_size, "precision": precision},
-                             {"parameters": parameters, "bytes_on_disk": folder_bytes(saved),
-                              "tensor_bytes": tensor_bytes(model),
-                              "process_bytes": _difference(after, before, "total"),
-                              "private_bytes": _difference(after, before, "private"),
-                              "file_backed_bytes": _difference(after, before, "file_backed")}, device))
+            rows.append(
+                _row(
+                    "memory",
+                    {"model": settings.memory_size, "precision": precision},
+                    {
+                        "parameters": parameters,
+                        "bytes_on_disk": weight_file_bytes(saved),
+                        "tensor_bytes": tensor_bytes(model),
+                        "process_bytes": _difference(after, before, "total"),
+                        "private_bytes": _difference(after, before, "private"),
+                        "file_backed_bytes": _difference(after, before, "file_backed"),
+                    },
+                    device,
+                )
+            )
     del keep_alive
     release_freed_memory()
     return rows
@@ -481,7 +654,9 @@ def quantization_suite(settings: Settings, device: str = "cpu", progress: bool =
     from .profiles import resolve
 
     source = source_of(resolve("causal-lm"))
-    blocks = pack_blocks(corpus_ids(load_tokenizer("causal-lm"), "validation"), 128)[:settings.quantization_blocks]
+    blocks = pack_blocks(corpus_ids(load_tokenizer("causal-lm"), "validation"), 128)[
+        : settings.quantization_blocks
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for precision in _progress(QUANTIZATIONS, "quantization", progress):
@@ -491,10 +666,18 @@ def quantization_suite(settings: Settings, device: str = "cpu", progress: bool =
                 model.save_pretrained(saved)
                 perplexity = block_perplexity(model, blocks)
                 speed = measure_decoding(model, settings.quantization_tokens, settings.repeats)
-            rows.append(_row("quantization", {"model": "course LM (pretrained)", "precision": precision,
-                                              "blocks": len(blocks)},
-                             {"bytes_on_disk": folder_bytes(saved), "perplexity": round(perplexity, 2),
-                              "tokens_per_s": speed["tokens_per_s"]}, device))
+            rows.append(
+                _row(
+                    "quantization",
+                    {"model": "course LM (pretrained)", "precision": precision, "blocks": len(blocks)},
+                    {
+                        "bytes_on_disk": weight_file_bytes(saved),
+                        "perplexity": round(perplexity, 2),
+                        "tokens_per_s": speed["tokens_per_s"],
+                    },
+                    device,
+                )
+            )
             del model
     return rows
 
@@ -504,14 +687,18 @@ def gpu_suite(settings: Settings, progress: bool = False) -> list[dict]:
     if not torch.cuda.is_available():
         return []
     bandwidth = bandwidth_suite(settings, "cuda")
-    generation = generation_suite(settings, "cuda", progress, bandwidth[0]["metrics"]["GB_per_s"],
-                                  dtypes=("fp32", "bf16", "fp16"))
+    generation = generation_suite(
+        settings, "cuda", progress, bandwidth[0]["metrics"]["GB_per_s"], dtypes=("fp32", "bf16", "fp16")
+    )
     return bandwidth + generation + training_suite(settings, "cuda", progress)
 
 
 SUITE_FUNCTIONS: dict[str, Callable[..., list[dict]]] = {
-    "bandwidth": bandwidth_suite, "generation": generation_suite, "training": training_suite,
-    "memory": memory_suite, "quantization": quantization_suite,
+    "bandwidth": bandwidth_suite,
+    "generation": generation_suite,
+    "training": training_suite,
+    "memory": memory_suite,
+    "quantization": quantization_suite,
 }
 NO_GPU_NOTE = "gpu: skipped, no CUDA device on this machine (GPU rows need one)"
 
@@ -541,10 +728,14 @@ def run(suites=CPU_SUITES, quick: bool = True, progress: bool = True, command: s
         if suite == "bandwidth":
             bandwidth = found[0]["metrics"]["GB_per_s"]
         rows += found
-    document = {"schema_version": SCHEMA_VERSION,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": command or f"course_lib.bench.run({list(suites)}, quick={quick})",
-                "settings": "quick" if quick else "full", "notes": notes, "rows": rows}
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or f"course_lib.bench.run({list(suites)}, quick={quick})",
+        "settings": "quick" if quick else "full",
+        "notes": notes,
+        "rows": rows,
+    }
     problems = validate(document)
     if problems:
         raise CourseError(f"Benchmark results do not follow the schema: {problems[:5]}")
@@ -566,8 +757,9 @@ def load(path: str | Path) -> dict:
     """Read and validate a results document; CourseError with the problems when it is invalid."""
     path = Path(path)
     if not path.exists():
-        raise CourseError(f"No benchmark results at {path}. Create them with: "
-                          f"python -m course_lib bench --output {path}")
+        raise CourseError(
+            f"No benchmark results at {path}. Create them with: python -m course_lib bench --output {path}"
+        )
     document = json.loads(path.read_text())
     problems = validate(document)
     if problems:
@@ -594,12 +786,27 @@ def stamps(document: dict) -> list[dict]:
     """The distinct environments the rows were measured in (device, versions, date range, load)."""
     groups: dict[tuple, dict] = {}
     for row in document["rows"]:
-        key = (row["device"], row["device_name"], json.dumps(row["versions"], sort_keys=True), row["python"],
-               row["torch_threads"])
-        group = groups.setdefault(key, {"device": row["device"], "device_name": row["device_name"],
-                                        "python": row["python"], **row["versions"],
-                                        "torch_threads": row["torch_threads"], "rows": 0,
-                                        "first": row["date"], "last": row["date"], "max_load_1m": None})
+        key = (
+            row["device"],
+            row["device_name"],
+            json.dumps(row["versions"], sort_keys=True),
+            row["python"],
+            row["torch_threads"],
+        )
+        group = groups.setdefault(
+            key,
+            {
+                "device": row["device"],
+                "device_name": row["device_name"],
+                "python": row["python"],
+                **row["versions"],
+                "torch_threads": row["torch_threads"],
+                "rows": 0,
+                "first": row["date"],
+                "last": row["date"],
+                "max_load_1m": None,
+            },
+        )
         group["rows"] += 1
         group["first"], group["last"] = min(group["first"], row["date"]), max(group["last"], row["date"])
         if row["load_average_1m"] is not None:
@@ -609,14 +816,19 @@ def stamps(document: dict) -> list[dict]:
 
 def summary_lines(document: dict) -> list[str]:
     """Short text tables per suite, for the command line."""
-    keys = {"bandwidth": ("GB_per_s",), "generation": ("model", "dtype", "tokens_per_s", "roofline_fraction"),
-            "training": ("micro_batch", "accumulation", "tokens_per_s"),
-            "memory": ("precision", "bytes_on_disk", "process_bytes"),
-            "quantization": ("precision", "bytes_on_disk", "perplexity", "tokens_per_s")}
+    keys = {
+        "bandwidth": ("GB_per_s",),
+        "generation": ("model", "dtype", "tokens_per_s", "roofline_fraction"),
+        "training": ("micro_batch", "accumulation", "tokens_per_s"),
+        "memory": ("precision", "bytes_on_disk", "process_bytes"),
+        "quantization": ("precision", "bytes_on_disk", "perplexity", "tokens_per_s"),
+    }
     lines = []
     for suite, columns in keys.items():
         for device in ("cpu", "cuda"):
-            table = [r for r in rows_of({"rows": [x for x in document["rows"] if x["device"] == device]}, suite)]
+            table = [
+                r for r in rows_of({"rows": [x for x in document["rows"] if x["device"] == device]}, suite)
+            ]
             if table:
                 lines.append(f"{suite} ({device}):")
                 lines += ["  " + "  ".join(f"{c}={r.get(c)}" for c in columns) for r in table]
@@ -624,6 +836,7 @@ def summary_lines(document: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- summaries and charts
+
 
 def bytes_by_dtype(model) -> dict[str, int]:
     """Bytes of the model's parameters and buffers per dtype (shows what a quantizer left in float)."""
@@ -646,49 +859,82 @@ def _pick(document: dict, suite: str, **config) -> dict | None:
 
 
 def headline(document: dict) -> list[dict]:
-    """The main comparisons of a CPU results document, each as baseline -> result (rows whose
-    inputs are missing from the document are left out)."""
+    """The main comparisons of a CPU results document, each as baseline -> result, narrow enough
+    for the book's column: ``comparison`` (with its unit), ``baseline`` and ``result`` (label:
+    value) and ``ratio`` (result / baseline). Rows whose inputs are missing are left out."""
     rows = []
 
-    def add(what: str, unit: str, baseline: tuple[str, dict | None, str], result: tuple[str, dict | None, str]):
+    def add(
+        what: str, unit: str, baseline: tuple[str, dict | None, str], result: tuple[str, dict | None, str]
+    ):
         (base_label, base, base_key), (label, value, key) = baseline, result
         if base is not None and value is not None:
             scale = 1e6 if unit == "MB" else 1.0
-            rows.append({"comparison": what, "unit": unit, "baseline": base_label,
-                         "baseline value": round(base[base_key] / scale, 4), "result": label,
-                         "result value": round(value[key] / scale, 4),
-                         "ratio": round(value[key] / base[base_key], 2) if base[base_key] else None})
+            rows.append(
+                {
+                    "comparison": f"{what}, {unit}",
+                    "baseline": f"{base_label}: {round(base[base_key] / scale, 4):g}",
+                    "result": f"{label}: {round(value[key] / scale, 4):g}",
+                    "ratio": round(value[key] / base[base_key], 2) if base[base_key] else None,
+                }
+            )
 
     sizes = [r["config"]["model"] for r in document["rows"] if r["suite"] == "generation"]
     if sizes:
         small, big = sizes[0], sizes[-1]
-        add("decoding speed vs model size (fp32)", "tokens/s",
+        add(
+            "decoding speed vs model size (fp32)",
+            "tokens/s",
             (small, _pick(document, "generation", model=small, dtype="fp32"), "tokens_per_s"),
-            (big, _pick(document, "generation", model=big, dtype="fp32"), "tokens_per_s"))
-        add("share of memory bandwidth used by decoding (fp32)", "fraction",
+            (big, _pick(document, "generation", model=big, dtype="fp32"), "tokens_per_s"),
+        )
+        add(
+            "share of memory bandwidth used by decoding (fp32)",
+            "fraction",
             (small, _pick(document, "generation", model=small, dtype="fp32"), "roofline_fraction"),
-            (big, _pick(document, "generation", model=big, dtype="fp32"), "roofline_fraction"))
-        add(f"decoding speed, bf16 vs fp32 ({big})", "tokens/s",
+            (big, _pick(document, "generation", model=big, dtype="fp32"), "roofline_fraction"),
+        )
+        add(
+            f"decoding speed, bf16 vs fp32 ({big})",
+            "tokens/s",
             ("fp32", _pick(document, "generation", model=big, dtype="fp32"), "tokens_per_s"),
-            ("bf16", _pick(document, "generation", model=big, dtype="bf16"), "tokens_per_s"))
+            ("bf16", _pick(document, "generation", model=big, dtype="bf16"), "tokens_per_s"),
+        )
     training = [r for r in document["rows"] if r["suite"] == "training"]
     if training:
         first, best = training[0], max(training, key=lambda r: r["metrics"]["tokens_per_s"])
-        add("training throughput", "tokens/s",
-            (f"micro-batch {first['config']['micro_batch']} x {first['config']['accumulation']}", first["metrics"],
-             "tokens_per_s"),
-            (f"micro-batch {best['config']['micro_batch']} x {best['config']['accumulation']}", best["metrics"],
-             "tokens_per_s"))
-    add("weights on disk (memory suite model)", "MB",
+        add(
+            "training throughput",
+            "tokens/s",
+            (
+                f"micro-batch {first['config']['micro_batch']} x {first['config']['accumulation']}",
+                first["metrics"],
+                "tokens_per_s",
+            ),
+            (
+                f"micro-batch {best['config']['micro_batch']} x {best['config']['accumulation']}",
+                best["metrics"],
+                "tokens_per_s",
+            ),
+        )
+    add(
+        "weights on disk (memory suite model)",
+        "MB",
         ("fp32", _pick(document, "memory", precision="fp32"), "bytes_on_disk"),
-        ("nf4", _pick(document, "memory", precision="nf4"), "bytes_on_disk"))
-    add("held-out perplexity of the course LM", "perplexity",
+        ("nf4", _pick(document, "memory", precision="nf4"), "bytes_on_disk"),
+    )
+    add(
+        "held-out perplexity of the course LM",
+        "perplexity",
         ("fp32", _pick(document, "quantization", precision="fp32"), "perplexity"),
-        ("nf4", _pick(document, "quantization", precision="nf4 (bitsandbytes)"), "perplexity"))
+        ("nf4", _pick(document, "quantization", precision="nf4 (bitsandbytes)"), "perplexity"),
+    )
     return rows
 
 
-def _grouped_bars(groups: list[str], series: dict[str, list[float]], title: str, ylabel: str, log: bool = False):
+def _grouped_bars(
+    groups: list[str], series: dict[str, list[float]], title: str, ylabel: str, log: bool = False
+):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(5.5, 1.4 * len(groups)), 3.4))
@@ -716,16 +962,36 @@ def plot_roofline(document: dict, device: str = "cpu"):
         raise CourseError(f"No {device} generation rows in these results.")
     models = list(dict.fromkeys(r["config"]["model"] for r in rows))
     dtypes = list(dict.fromkeys(r["config"]["dtype"] for r in rows))
-    series = {dtype: [next((r["metrics"]["achieved_GB_per_s"] for r in rows
-                            if r["config"]["model"] == m and r["config"]["dtype"] == dtype), None) for m in models]
-              for dtype in dtypes}
+    series = {
+        dtype: [
+            next(
+                (
+                    r["metrics"]["achieved_GB_per_s"]
+                    for r in rows
+                    if r["config"]["model"] == m and r["config"]["dtype"] == dtype
+                ),
+                None,
+            )
+            for m in models
+        ]
+        for dtype in dtypes
+    }
     sizes = {r["config"]["model"]: r["metrics"]["parameters"] for r in rows}
-    fig = _grouped_bars([f"{m}\n{sizes[m] / 1e6:.1f}M params" for m in models], series,
-                        f"Decoding: weight bytes read per second ({device}, batch 1)", "GB/s")
+    fig = _grouped_bars(
+        [f"{m}\n{sizes[m] / 1e6:.1f}M params" for m in models],
+        series,
+        f"Decoding: weight bytes read per second ({device}, batch 1)",
+        "GB/s",
+    )
     bandwidth = rows[0]["metrics"]["bandwidth_GB_per_s"]
     fig.axes[0].axhline(bandwidth, linestyle="--", color="black", linewidth=1)
-    fig.axes[0].annotate(f"measured copy bandwidth {bandwidth:g} GB/s", (0, bandwidth), xytext=(0, 3),
-                         textcoords="offset points", fontsize=8)
+    fig.axes[0].annotate(
+        f"measured copy bandwidth {bandwidth:g} GB/s",
+        (0, bandwidth),
+        xytext=(0, 3),
+        textcoords="offset points",
+        fontsize=8,
+    )
     fig.axes[0].set_ylim(0, bandwidth * 1.25)
     return fig
 
@@ -737,11 +1003,26 @@ def plot_training(document: dict, device: str = "cpu"):
         raise CourseError(f"No {device} training rows in these results.")
     batches = sorted({r["config"]["micro_batch"] for r in rows})
     accumulations = sorted({r["config"]["accumulation"] for r in rows})
-    series = {f"accumulation {a}": [next((r["metrics"]["tokens_per_s"] for r in rows
-                                          if r["config"]["micro_batch"] == b and r["config"]["accumulation"] == a),
-                                         None) for b in batches] for a in accumulations}
-    return _grouped_bars([f"micro-batch {b}" for b in batches], series,
-                         f"Training throughput ({device}, AdamW, 128-token blocks)", "tokens/s")
+    series = {
+        f"accumulation {a}": [
+            next(
+                (
+                    r["metrics"]["tokens_per_s"]
+                    for r in rows
+                    if r["config"]["micro_batch"] == b and r["config"]["accumulation"] == a
+                ),
+                None,
+            )
+            for b in batches
+        ]
+        for a in accumulations
+    }
+    return _grouped_bars(
+        [f"micro-batch {b}" for b in batches],
+        series,
+        f"Training throughput ({device}, AdamW, 128-token blocks)",
+        "tokens/s",
+    )
 
 
 def plot_memory(document: dict):
@@ -749,11 +1030,20 @@ def plot_memory(document: dict):
     rows = [r for r in document["rows"] if r["suite"] == "memory"]
     if not rows:
         raise CourseError("No memory rows in these results.")
-    keys = {"on disk": "bytes_on_disk", "tensors": "tensor_bytes", "process: private": "private_bytes",
-            "process: file-backed": "file_backed_bytes"}
-    series = {label: [None if r["metrics"][key] is None else r["metrics"][key] / 1e6 for r in rows]
-              for label, key in keys.items()}
+    keys = {
+        "on disk": "bytes_on_disk",
+        "tensors": "tensor_bytes",
+        "process: private": "private_bytes",
+        "process: file-backed": "file_backed_bytes",
+    }
+    series = {
+        label: [None if r["metrics"][key] is None else r["metrics"][key] / 1e6 for r in rows]
+        for label, key in keys.items()
+    }
     model = rows[0]["config"]["model"]
-    return _grouped_bars([r["config"]["precision"] for r in rows], series,
-                         f"Memory per precision ({model} model, {rows[0]['metrics']['parameters'] / 1e6:.1f}M params)",
-                         "MB")
+    return _grouped_bars(
+        [r["config"]["precision"] for r in rows],
+        series,
+        f"Memory per precision ({model} model, {rows[0]['metrics']['parameters'] / 1e6:.1f}M params)",
+        "MB",
+    )

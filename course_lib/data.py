@@ -1,4 +1,5 @@
 """Load datasets by role with 🤗 datasets, from local JSONL files or from the Hub."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,9 @@ def load_role_dataset(role: str, split: str | None = None, **kwargs: Any):
 
     spec = resolve(role)
     if spec.kind != "dataset":
-        raise CourseError(f"Role {role!r} is a {spec.kind}, not a dataset. "
-                          f"Dataset roles: {', '.join(DATASET_ROLES)}.")
+        raise CourseError(
+            f"Role {role!r} is a {spec.kind}, not a dataset. Dataset roles: {', '.join(DATASET_ROLES)}."
+        )
     if spec.is_local:
         files = data_files(spec)
         if split is not None and split not in files:

@@ -1,14 +1,17 @@
 """Working with 🤗 datasets: local files, fast ``map``, instruction formatting, streaming and mixing,
-and Arrow memory mapping. The functions behind chapter 2, usable by any chapter that prepares data.
+and Arrow memory mapping: what chapter 2 measures, and what it does not teach (the course files,
+the Alpaca template, stream adapters). Chapter 2 writes the ``datasets`` calls themselves.
 
 * :func:`write_course_files` writes the course corpus as JSONL, CSV and plain-text files, so a
   chapter can show ``load_dataset("json" | "csv" | "text", ...)`` on real local files.
-* :func:`tokenize_rows` works per example and batched; :func:`time_map` and :func:`compare_map_modes`
-  time ``Dataset.map`` in both modes and with ``num_proc``.
+* :func:`time_map` and :func:`compare_map_modes` time ``Dataset.map`` per example, batched and with
+  ``num_proc``.
 * :func:`format_alpaca` turns instruction/input/output rows into Alpaca-style prompts.
 * :func:`as_text_stream`, :func:`realised_mixing` measure what ``interleave_datasets`` really mixes.
-* :func:`memory_mapping_report` compares a memory-mapped ``load_from_disk`` with an in-memory copy.
+* :func:`arrow_allocated_bytes` measures the RAM a loaded Arrow table takes (chapter 2 compares a
+  memory-mapped ``load_from_disk`` with an in-memory copy).
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,10 +20,10 @@ import math
 import re
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
-from .models import folder_bytes
 from .profiles import CourseError
 
 WORD_PATTERN = re.compile(r"[a-z]+")
@@ -55,18 +58,27 @@ def write_course_files(folder: str | Path, topics: int = 20) -> dict[str, Path]:
     corpus = assets.corpus()
     folder = Path(folder)
     (folder / "topics").mkdir(parents=True, exist_ok=True)
-    documents = [row for split in ("train", "validation", "test")
-                 for row in _read_jsonl(corpus / f"{split}.jsonl")]
+    documents = [
+        row for split in ("train", "validation", "test") for row in _read_jsonl(corpus / f"{split}.jsonl")
+    ]
     with open(folder / "docs.jsonl", "w", encoding="utf-8") as handle:
         for row in documents:
-            handle.write(json.dumps({k: row[k] for k in ("id", "source", "text", "split")},
-                                    ensure_ascii=False) + "\n")
+            handle.write(
+                json.dumps({k: row[k] for k in ("id", "source", "text", "split")}, ensure_ascii=False) + "\n"
+            )
     with open(folder / "api.csv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["module", "qualname", "kind", "signature", "summary"])
         writer.writeheader()
         for entry in _read_jsonl(corpus / "api.jsonl"):
-            writer.writerow({"module": entry["module"], "qualname": entry["qualname"], "kind": entry["kind"],
-                             "signature": entry["signature"], "summary": first_sentence(entry["docstring"])})
+            writer.writerow(
+                {
+                    "module": entry["module"],
+                    "qualname": entry["qualname"],
+                    "kind": entry["kind"],
+                    "signature": entry["signature"],
+                    "summary": first_sentence(entry["docstring"]),
+                }
+            )
     topic_docs = [row for row in documents if row["source"] == "topic"][:topics]
     for row in topic_docs:
         name = re.sub(r"[^a-z0-9]+", "_", row["id"].removeprefix("topic:").lower()).strip("_")
@@ -79,27 +91,19 @@ def file_sizes(paths: dict[str, Path]) -> list[dict[str, Any]]:
     rows = []
     for kind, path in paths.items():
         files = [p for p in Path(path).rglob("*") if p.is_file()] if Path(path).is_dir() else [Path(path)]
-        rows.append({"format": kind, "path": Path(path).name + ("/" if Path(path).is_dir() else ""),
-                     "files": len(files), "KB": round(sum(p.stat().st_size for p in files) / 1e3, 1)})
+        rows.append(
+            {
+                "format": kind,
+                "path": Path(path).name + ("/" if Path(path).is_dir() else ""),
+                "files": len(files),
+                "KB": round(sum(p.stat().st_size for p in files) / 1e3, 1),
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------
 # map: per example, batched, several processes
-
-
-def tokenize_rows(rows: dict[str, Any], tokenizer, column: str = "text") -> dict[str, Any]:
-    """Tokenise ``rows[column]``; works on one example (a string) and on a batch (a list).
-
-    Returns ``input_ids`` and ``n_tokens``. Pass it to ``map`` with
-    ``fn_kwargs={"tokenizer": tokenizer}`` so that ``num_proc`` can pickle it.
-    """
-    if column not in rows:
-        raise CourseError(f"No column {column!r}; the rows have {sorted(rows)}.")
-    ids = tokenizer(rows[column])["input_ids"]
-    if isinstance(rows[column], str):
-        return {"input_ids": ids, "n_tokens": len(ids)}
-    return {"input_ids": ids, "n_tokens": [len(row) for row in ids]}
 
 
 def time_map(dataset, function: Callable, **map_kwargs: Any):
@@ -114,8 +118,13 @@ def time_map(dataset, function: Callable, **map_kwargs: Any):
     return result, time.perf_counter() - start
 
 
-def compare_map_modes(dataset, function: Callable, fn_kwargs: dict | None = None,
-                      num_procs: Sequence[int] = (2,), batch_size: int = 1000) -> list[dict[str, Any]]:
+def compare_map_modes(
+    dataset,
+    function: Callable,
+    fn_kwargs: dict | None = None,
+    num_procs: Sequence[int] = (2,),
+    batch_size: int = 1000,
+) -> list[dict[str, Any]]:
     """Time ``map`` per example, batched, and batched with each of ``num_procs`` processes.
 
     Every row reports seconds, rows per second, the speed-up over per-example ``map``, and whether
@@ -125,30 +134,43 @@ def compare_map_modes(dataset, function: Callable, fn_kwargs: dict | None = None
     settings += [(f"batched, num_proc={n}", True, n) for n in num_procs]
     rows, reference, baseline = [], None, None
     for name, batched, num_proc in settings:
-        result, seconds = time_map(dataset, function, batched=batched, batch_size=batch_size,
-                                   num_proc=num_proc, fn_kwargs=fn_kwargs or {}, desc=name)
+        result, seconds = time_map(
+            dataset,
+            function,
+            batched=batched,
+            batch_size=batch_size,
+            num_proc=num_proc,
+            fn_kwargs=fn_kwargs or {},
+            desc=name,
+        )
         columns = sorted(set(result.column_names) - set(dataset.column_names))
         output = result.select_columns(columns).to_dict()
         if reference is None:
             reference, baseline = output, seconds
-        rows.append({"mode": name, "seconds": round(seconds, 3), "rows/s": round(len(dataset) / seconds),
-                     "speed-up": round(baseline / seconds, 1), "same output": output == reference})
+        rows.append(
+            {
+                "mode": name,
+                "seconds": round(seconds, 3),
+                "rows/s": round(len(dataset) / seconds),
+                "speed-up": round(baseline / seconds, 1),
+                "same output": output == reference,
+            }
+        )
     return rows
-
-
-def add_lengths(batch: dict[str, list]) -> dict[str, list[int]]:
-    """Batched: ``n_chars`` and ``n_words`` (whitespace-separated) for each ``text``."""
-    return {"n_chars": [len(t) for t in batch["text"]], "n_words": [len(t.split()) for t in batch["text"]]}
 
 
 # ---------------------------------------------------------------------------------------------------
 # Instruction formatting
 
-ALPACA_HEADER_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that "
-                            "provides further context. Write a response that appropriately completes "
-                            "the request.")
-ALPACA_HEADER_NO_INPUT = ("Below is an instruction that describes a task. Write a response that "
-                          "appropriately completes the request.")
+ALPACA_HEADER_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that "
+    "provides further context. Write a response that appropriately completes "
+    "the request."
+)
+ALPACA_HEADER_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that "
+    "appropriately completes the request."
+)
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the dataset's column name
@@ -156,8 +178,10 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the
     if not instruction.strip():
         raise ValueError("The instruction is empty; every Alpaca row needs one.")
     if input.strip():
-        return (f"{ALPACA_HEADER_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n"
-                f"### Input:\n{input}\n\n### Response:\n")
+        return (
+            f"{ALPACA_HEADER_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n"
+            f"### Input:\n{input}\n\n### Response:\n"
+        )
     return f"{ALPACA_HEADER_NO_INPUT}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
 
@@ -169,8 +193,10 @@ def format_alpaca(example: dict[str, Any]) -> dict[str, str]:
     """
     missing = [k for k in ("instruction", "output") if k not in example]
     if missing:
-        raise CourseError(f"Alpaca rows need 'instruction' and 'output' (and optionally 'input'); "
-                          f"missing {missing}, got {sorted(example)}.")
+        raise CourseError(
+            f"Alpaca rows need 'instruction' and 'output' (and optionally 'input'); "
+            f"missing {missing}, got {sorted(example)}."
+        )
     prompt = alpaca_prompt(example["instruction"], example.get("input") or "")
     return {"prompt": prompt, "completion": example["output"], "text": prompt + example["output"]}
 
@@ -196,7 +222,9 @@ def message_text(value: Any) -> str:
         return value
     if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
         return "\n".join(str(m["content"]) for m in value)
-    raise CourseError(f"Expected a string or a list of {{'role', 'content'}} messages, got {type(value).__name__}.")
+    raise CourseError(
+        f"Expected a string or a list of {{'role', 'content'}} messages, got {type(value).__name__}."
+    )
 
 
 def preference_text(row: dict[str, Any]) -> str:
@@ -208,8 +236,9 @@ def preference_text(row: dict[str, Any]) -> str:
     return chosen if chosen.startswith(prompt) else prompt + "\n" + chosen
 
 
-def realised_mixing(rows: Iterable[dict], requested: dict[str, float], n: int,
-                    key: str = "origin") -> list[dict[str, Any]]:
+def realised_mixing(
+    rows: Iterable[dict], requested: dict[str, float], n: int, key: str = "origin"
+) -> list[dict[str, Any]]:
     """Count ``key`` over the first ``n`` rows and compare with the requested probabilities.
 
     Each row has the requested and realised share and their difference in binomial standard
@@ -227,14 +256,23 @@ def realised_mixing(rows: Iterable[dict], requested: dict[str, float], n: int,
         counts[row[key]] += 1
         seen += 1
     if seen < n:
-        raise CourseError(f"The stream ended after {seen} rows, before {n}; ask for fewer rows or use "
-                          "stopping_strategy='all_exhausted'.")
+        raise CourseError(
+            f"The stream ended after {seen} rows, before {n}; ask for fewer rows or use "
+            "stopping_strategy='all_exhausted'."
+        )
     table = []
     for name, p in requested.items():
         share = counts[name] / n
         error = math.sqrt(p * (1 - p) / n) if 0 < p < 1 else 0.0
-        table.append({"source": name, "requested": p, "rows": counts[name], "realised": round(share, 3),
-                      "difference in std errors": round((share - p) / error, 2) if error else 0.0})
+        table.append(
+            {
+                "source": name,
+                "requested": p,
+                "rows": counts[name],
+                "realised": round(share, 3),
+                "difference in std errors": round((share - p) / error, 2) if error else 0.0,
+            }
+        )
     return table
 
 
@@ -247,7 +285,7 @@ def word_counts(texts: Iterable[str]) -> Counter:
 
 
 # ---------------------------------------------------------------------------------------------------
-# save_to_disk / load_from_disk and memory mapping
+# Memory mapping: what a loaded table costs
 
 
 def arrow_allocated_bytes() -> int:
@@ -260,35 +298,3 @@ def arrow_allocated_bytes() -> int:
     import pyarrow as pa
 
     return pa.total_allocated_bytes()
-
-
-def memory_mapping_report(dataset, folder: str | Path) -> list[dict[str, Any]]:
-    """Save ``dataset`` to ``folder`` and load it back twice: memory-mapped (the default) and with
-    ``keep_in_memory=True``. Rows: the table type, seconds to load, the size on disk, and the RAM
-    Arrow allocated for the loaded table (MB).
-
-    A memory-mapped dataset is read from the Arrow file on demand, so loading it allocates almost
-    nothing however large the file is; an in-memory copy allocates about its size.
-    """
-    import gc
-
-    from datasets import load_from_disk
-
-    folder = Path(folder)
-    dataset.save_to_disk(str(folder))
-    on_disk = folder_bytes(folder)
-    rows, keep = [], []
-    for keep_in_memory in (False, True):
-        gc.collect()
-        before = arrow_allocated_bytes()
-        start = time.perf_counter()
-        loaded = load_from_disk(str(folder), keep_in_memory=keep_in_memory)
-        seconds = time.perf_counter() - start
-        allocated = arrow_allocated_bytes() - before
-        keep.append(loaded)  # keep both alive while measuring
-        rows.append({"load": "keep_in_memory=True" if keep_in_memory else "memory-mapped (default)",
-                     "table": type(loaded.data).__name__, "rows": len(loaded),
-                     "MB on disk": round(on_disk / 1e6, 1), "seconds": round(seconds, 3),
-                     "MB of RAM allocated": round(max(allocated, 0) / 1e6, 1)})
-    del keep
-    return rows

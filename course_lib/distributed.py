@@ -1,35 +1,24 @@
-"""Data-parallel training on several processes: one script, launched by ``accelerate launch`` or
-``torchrun``, plus the arithmetic of DeepSpeed ZeRO.
+"""Scaling out (chapter 14): launching a training script in several processes, the memory
+arithmetic of DeepSpeed ZeRO, and a check of DeepSpeed configs without DeepSpeed installed.
 
-The same function :func:`train` runs in one process (in a notebook) or in every process of a launch::
-
-    python -m accelerate.commands.launch --cpu --num_processes 2 -m course_lib.distributed --steps 8
-    python -m torch.distributed.run --nproc_per_node 2 -m course_lib.distributed --steps 8
-
-Each process holds a full copy of the model and sees its own share of every global batch;
-``Accelerator.prepare`` wraps the model in ``DistributedDataParallel`` (gloo on CPUs, NCCL on GPUs),
-which averages the gradients across processes before every optimizer step. With the same global batch
-(per-device batch x processes x accumulation steps), one process with gradient accumulation and two
-processes without it take the same optimizer steps: :func:`run_launched` and :func:`train` show it,
-:func:`ddp_gradients` checks it on one gradient.
-
-:func:`zero_memory_per_gpu` is the memory model of the ZeRO paper (Rajbhandari et al., 2020), for
-reading DeepSpeed configs without GPUs.
+The training script itself is written on chapter 14's page. :func:`run_launched` starts it with
+``accelerate launch`` or ``torchrun`` in a subprocess with a timeout and reads the JSON the main
+process writes. :func:`zero_memory_per_gpu` is the memory model of the ZeRO paper
+(Rajbhandari et al., 2020). :func:`validate_deepspeed_config` checks a DeepSpeed config's
+structure with ``jsonschema`` (DeepSpeed itself, which needs GPUs, is not a course dependency)
+and that its values agree with the ``TrainingArguments`` that will read it.
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .env import free_port
 from .profiles import CourseError
@@ -37,201 +26,94 @@ from .profiles import CourseError
 LAUNCHERS = ("accelerate", "torchrun")
 
 
-# ---------------------------------------------------------------------------------------------
-# The training script
-# ---------------------------------------------------------------------------------------------
-def train(steps: int = 8, per_device_batch_size: int = 8, grad_accum: int = 1, lr: float = 3e-3,
-          seed: int = 0, held_out: int = 64, progress: bool = False) -> dict[str, Any]:
-    """Fine-tune the course LM on the chapter 12 task with ``accelerate``; works in 1 or N processes.
-
-    The data are the first ``steps x global batch`` examples of a seeded shuffle, read in order, so
-    every run with the same global batch sees the same examples in the same optimizer steps. Returns
-    (on every process) the loss of each optimizer step averaged over all processes, the timings,
-    and the held-out answer loss after training.
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from .models import load_model, load_tokenizer
-    from .peft_methods import answer_metrics, collate, task_examples
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=grad_accum)
-    set_seed(seed)
-    world = accelerator.num_processes
-    global_batch = per_device_batch_size * grad_accum * world
-    tokenizer = load_tokenizer("causal-lm")
-    examples = task_examples(tokenizer, "train", limit=steps * global_batch, seed=seed)
-    if len(examples) < steps * global_batch:
-        raise CourseError(f"Only {len(examples)} examples for {steps} steps of {global_batch}: use fewer steps.")
-    loader = DataLoader(examples, batch_size=per_device_batch_size, shuffle=False,
-                        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id))
-    model = load_model("causal-lm").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-
-    losses, micro_losses = [], []
-    start = time.perf_counter()
-    for batch in tqdm(loader, desc=f"{world} process(es)", disable=not (progress and accelerator.is_main_process)):
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)  # divides by grad_accum; DDP averages over processes on sync
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()  # a no-op until the last micro-batch of the accumulation
-            optimizer.zero_grad()
-        micro_losses.append(accelerator.gather(loss.detach()).mean().item())
-        if accelerator.sync_gradients:
-            losses.append(sum(micro_losses) / len(micro_losses))
-            micro_losses = []
-    seconds = time.perf_counter() - start
-    accelerator.wait_for_everyone()
-    held_out_loss = None
-    if accelerator.is_main_process and held_out:
-        evaluation = task_examples(tokenizer, "validation", limit=held_out, seed=seed)
-        held_out_loss = answer_metrics(accelerator.unwrap_model(model), evaluation)["loss"]
-    return {"processes": world, "distributed_type": str(accelerator.distributed_type).split(".")[-1],
-            "backend": str(getattr(accelerator.state, "backend", None)),
-            "per_device_batch_size": per_device_batch_size, "grad_accum": grad_accum,
-            "global_batch": global_batch, "optimizer_steps": len(losses), "losses": losses,
-            "train_seconds": round(seconds, 2), "held_out_loss": held_out_loss,
-            "model_class": type(model).__name__}
+# --- launching a script ------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line of the training script; the main process writes the result JSON to ``--out``."""
-    parser = argparse.ArgumentParser(prog="python -m course_lib.distributed")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--per-device-batch-size", type=int, default=8)
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--held-out", type=int, default=64)
-    parser.add_argument("--out", default=None, help="JSON file for the results (main process only)")
-    args = parser.parse_args(argv)
-    result = train(args.steps, args.per_device_batch_size, args.grad_accum, args.lr, args.seed, args.held_out)
-    if int(os.environ.get("RANK", "0")) == 0:
-        text = json.dumps(result, indent=1)
-        if args.out:
-            Path(args.out).write_text(text)
-        else:
-            print(text)
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Launching it
-# ---------------------------------------------------------------------------------------------
-def launch_command(script_args: list[str], processes: int = 2, launcher: str = "accelerate",
-                   port: int | None = None) -> list[str]:
-    """The command that starts ``processes`` copies of the training script on this machine."""
+def launch_command(
+    script: str | Path,
+    script_args: list[str],
+    processes: int = 2,
+    launcher: str = "accelerate",
+    port: int | None = None,
+) -> list[str]:
+    """The command that starts ``processes`` copies of ``script`` on this machine."""
     if launcher not in LAUNCHERS:
         raise CourseError(f"Unknown launcher {launcher!r}; use one of {LAUNCHERS}.")
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}.")
     port = port or free_port()
     if launcher == "accelerate":
-        head = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
-        head.insert(3, "--multi_gpu")  # the torchrun-based launcher; on a CPU the script picks gloo
+        # --multi_gpu is accelerate's torchrun-based launcher; on CPUs the script's
+        # Accelerator(cpu=True) makes the processes talk through gloo.
+        head = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+        ]
     else:
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                "--master_addr", "127.0.0.1", "--master_port", str(port)]
-    return head + ["-m", "course_lib.distributed", *script_args]
+        head = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+        ]
+    return head + [str(script), *script_args]
 
 
-def run_launched(processes: int = 2, launcher: str = "accelerate", timeout: float = 240, steps: int = 8,
-                 per_device_batch_size: int = 8, grad_accum: int = 1, lr: float = 3e-3, seed: int = 0,
-                 held_out: int = 64) -> dict[str, Any]:
-    """Launch :func:`main` in ``processes`` processes (a subprocess with a timeout) and return the
-    main process's result, plus the command line and the wall time including start-up."""
+def run_launched(
+    script: str | Path,
+    script_args: list[str] = (),
+    processes: int = 2,
+    launcher: str = "accelerate",
+    timeout: float = 240,
+) -> dict[str, Any]:
+    """Launch ``script`` in ``processes`` processes and return the JSON its main process writes
+    to the path given as ``--out``, plus ``command`` (the command line, shortened) and
+    ``wall_seconds`` (including starting the processes)."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
-        script_args = ["--steps", str(steps), "--per-device-batch-size", str(per_device_batch_size),
-                       "--grad-accum", str(grad_accum), "--lr", str(lr), "--seed", str(seed),
-                       "--held-out", str(held_out), "--out", str(out)]
-        command = launch_command(script_args, processes, launcher)
+        command = launch_command(script, [*script_args, "--out", str(out)], processes, launcher)
         # One thread per process: the processes already share the cores between them.
         env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         start = time.perf_counter()
         try:
             finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise CourseError(f"The {launcher} launch did not finish within {timeout:.0f} s; "
-                              "raise timeout= or lower steps=.") from None
+            raise CourseError(
+                f"The {launcher} launch did not finish within {timeout:.0f} s; raise timeout= or "
+                "train fewer steps."
+            ) from None
         if finished.returncode != 0 or not out.is_file():
-            raise CourseError(f"The {launcher} launch failed (exit {finished.returncode}):\n"
-                              + finished.stderr[-2500:])
+            raise CourseError(
+                f"The {launcher} launch failed (exit {finished.returncode}):\n" + finished.stderr[-2500:]
+            )
         result = json.loads(out.read_text())
-    shown = [Path(command[0]).name] + command[1:]
-    result["command"] = " ".join(shown[:shown.index("--steps")] + ["..."])
+    shown = ["python"] + command[1:-2]
+    result["command"] = " ".join(shown)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     return result
 
 
-# ---------------------------------------------------------------------------------------------
-# DDP averages gradients: checked on one step
-# ---------------------------------------------------------------------------------------------
-def _gradient_model(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
+# --- DeepSpeed ZeRO: what each stage partitions, and the memory it leaves per GPU ---------------
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
-    return LlamaForCausalLM(config)
-
-
-def _batch(size: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 64, (size, 16), generator=torch.Generator().manual_seed(seed + 1))
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, folder: str, batch_size: int, seed: int) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        model = DistributedDataParallel(_gradient_model(seed))
-        share = _batch(batch_size, seed).chunk(world_size)[rank]  # this process's part of the batch
-        model(input_ids=share, labels=share).loss.backward()     # DDP all-reduces (averages) the grads
-        if rank == 0:
-            torch.save({n: p.grad for n, p in model.module.named_parameters()}, Path(folder) / "grads.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def single_process_gradients(batch_size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Gradients of the mean loss over the whole batch, in one process."""
-    model = _gradient_model(seed)
-    batch = _batch(batch_size, seed)
-    model(input_ids=batch, labels=batch).loss.backward()
-    return {n: p.grad for n, p in model.named_parameters()}
-
-
-def ddp_gradients(world_size: int = 2, batch_size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Gradients after one DDP backward pass in ``world_size`` processes (gloo, this machine), each
-    process seeing ``batch_size / world_size`` rows of the same batch."""
-    import torch.multiprocessing as mp
-
-    if batch_size % world_size:
-        raise ValueError(f"batch_size {batch_size} must split evenly over {world_size} processes.")
-    with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_ddp_worker, args=(world_size, free_port(), folder, batch_size, seed), nprocs=world_size)
-        return torch.load(Path(folder) / "grads.pt")
-
-
-def max_gradient_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """Largest absolute difference between two gradient dicts with the same keys."""
-    if set(a) != set(b):
-        raise ValueError("The gradient dicts name different parameters.")
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
-
-
-# ---------------------------------------------------------------------------------------------
-# DeepSpeed ZeRO: what each stage partitions, and the memory it leaves per GPU
-# ---------------------------------------------------------------------------------------------
 ZERO_STAGES = {
     0: "nothing: plain data parallelism, every GPU holds everything",
     1: "optimizer states (Adam's fp32 master weights, momentum and variance)",
@@ -240,8 +122,9 @@ ZERO_STAGES = {
 }
 
 
-def zero_memory_per_gpu(parameters: float, gpus: int, stage: int, offload_optimizer: bool = False,
-                        offload_param: bool = False) -> dict[str, float]:
+def zero_memory_per_gpu(
+    parameters: float, gpus: int, stage: int, offload_optimizer: bool = False, offload_param: bool = False
+) -> dict[str, float]:
     """GB per GPU for model states in mixed-precision Adam training, as in the ZeRO paper: 2 bytes of
     fp16/bf16 parameters, 2 of gradients and 12 of optimizer states (fp32 copy, momentum, variance)
     per parameter; stage 1 splits the optimizer states over the GPUs, stage 2 also the gradients,
@@ -264,22 +147,156 @@ def zero_memory_per_gpu(parameters: float, gpus: int, stage: int, offload_optimi
         cpu, optimizer = cpu + optimizer, 0.0
     if offload_param:
         cpu, params = cpu + params, 0.0
-    return {"gpu_GB": round((params + grads + optimizer) / 1e9, 2), "cpu_GB_per_gpu": round(cpu / 1e9, 2),
-            "parameters_GB": round(params / 1e9, 2), "gradients_GB": round(grads / 1e9, 2),
-            "optimizer_GB": round(optimizer / 1e9, 2)}
+    return {
+        "gpu_GB": round((params + grads + optimizer) / 1e9, 2),
+        "cpu_GB_per_gpu": round(cpu / 1e9, 2),
+        "parameters_GB": round(params / 1e9, 2),
+        "gradients_GB": round(grads / 1e9, 2),
+        "optimizer_GB": round(optimizer / 1e9, 2),
+    }
 
 
 def zero_table(parameters: float, gpus: int) -> list[dict[str, Any]]:
-    """:func:`zero_memory_per_gpu` for stages 0-3 and the two offload options, one row each."""
+    """:func:`zero_memory_per_gpu` for stages 0-3 and the two offload options, one row each: GB of
+    model states per GPU, and GB per GPU moved to CPU memory."""
     rows = []
-    for stage, offload_optimizer, offload_param in ((0, False, False), (1, False, False), (2, False, False),
-                                                    (2, True, False), (3, False, False), (3, True, True)):
-        name = f"ZeRO-{stage}" + (" + offload optimizer" if offload_optimizer else "") + (
-            " + offload params" if offload_param else "")
-        rows.append({"setup": name, "partitions": ZERO_STAGES[stage],
-                     **zero_memory_per_gpu(parameters, gpus, stage, offload_optimizer, offload_param)})
+    for stage, offload_optimizer, offload_param in (
+        (0, False, False),
+        (1, False, False),
+        (2, False, False),
+        (2, True, False),
+        (3, False, False),
+        (3, True, True),
+    ):
+        name = (
+            f"ZeRO-{stage}"
+            + (" + offload optimizer" if offload_optimizer else "")
+            + (" + offload params" if offload_param else "")
+        )
+        memory = zero_memory_per_gpu(parameters, gpus, stage, offload_optimizer, offload_param)
+        rows.append(
+            {
+                "setup": name,
+                "partitions": ZERO_STAGES[stage],
+                "GB per GPU": memory["gpu_GB"],
+                "offloaded GB per GPU": memory["cpu_GB_per_gpu"],
+            }
+        )
     return rows
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- DeepSpeed config: checked here, executed only where deepspeed and GPUs exist ---------------
+
+_COUNT = {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]}
+_SWITCH = {"type": "object", "properties": {"enabled": {"enum": [True, False, "auto"]}}}
+_OFFLOAD = {
+    "type": "object",
+    "required": ["device"],
+    "properties": {"device": {"enum": ["cpu", "nvme", "none"]}},
+}
+_TYPED = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
+_ZERO_KEYS = (
+    "overlap_comm",
+    "contiguous_gradients",
+    "reduce_scatter",
+    "reduce_bucket_size",
+    "allgather_partitions",
+    "allgather_bucket_size",
+    "round_robin_gradients",
+    "sub_group_size",
+    "stage3_prefetch_bucket_size",
+    "stage3_param_persistence_threshold",
+    "stage3_max_live_parameters",
+    "stage3_max_reuse_distance",
+    "stage3_gather_16bit_weights_on_model_save",
+    "ignore_unused_parameters",
+)
+# The part of DeepSpeed's config format the course uses (https://www.deepspeed.ai/docs/config-json/).
+DEEPSPEED_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "train_batch_size": _COUNT,
+        "train_micro_batch_size_per_gpu": _COUNT,
+        "gradient_accumulation_steps": _COUNT,
+        "gradient_clipping": {"oneOf": [{"type": "number", "minimum": 0}, {"const": "auto"}]},
+        "optimizer": _TYPED,
+        "scheduler": _TYPED,
+        "fp16": _SWITCH,
+        "bf16": _SWITCH,
+        "steps_per_print": {"type": "integer"},
+        "wall_clock_breakdown": {"type": "boolean"},
+        "zero_allow_untested_optimizer": {"type": "boolean"},
+        "zero_optimization": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "stage": {"enum": [0, 1, 2, 3]},
+                "offload_optimizer": _OFFLOAD,
+                "offload_param": _OFFLOAD,
+                **{key: {} for key in _ZERO_KEYS},
+            },
+        },
+    },
+}
+# DeepSpeed key -> the TrainingArguments field it must equal unless it is "auto" (Trainer checks).
+_MATCHES = {
+    "train_micro_batch_size_per_gpu": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "gradient_clipping": "max_grad_norm",
+    "optimizer.params.lr": "learning_rate",
+    "optimizer.params.weight_decay": "weight_decay",
+    "bf16.enabled": "bf16",
+    "fp16.enabled": "fp16",
+}
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def validate_deepspeed_config(
+    config: dict[str, Any] | str | Path, arguments: dict[str, Any] | None = None
+) -> list[str]:
+    """Problems with a DeepSpeed config (a dict, or the path of its JSON file); an empty list when
+    it is valid.
+
+    :data:`DEEPSPEED_SCHEMA` checks the structure (known keys, ZeRO stage 0-3, offload devices,
+    positive or ``"auto"`` batch sizes) with ``jsonschema``; then the rules a schema does not say
+    well: parameters are offloaded only at stage 3, not both fp16 and bf16, and, given the
+    ``TrainingArguments`` keyword arguments, every value that is not ``"auto"`` equals the matching
+    argument (``Trainer`` refuses to start on a mismatch).
+    """
+    from jsonschema import Draft202012Validator
+
+    if not isinstance(config, dict):
+        try:
+            config = json.loads(Path(config).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            return [f"{Path(config).name} cannot be read as JSON: {error}"]
+
+    validator = Draft202012Validator(DEEPSPEED_SCHEMA)
+    problems = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(part) for part in error.absolute_path)
+        problems.append(f"{where}: {error.message}" if where else error.message)
+    if "train_batch_size" not in config and "train_micro_batch_size_per_gpu" not in config:
+        problems.append("set train_micro_batch_size_per_gpu or train_batch_size (or 'auto')")
+    stage = _lookup(config, "zero_optimization.stage") or 0
+    if _lookup(config, "zero_optimization.offload_param.device") in ("cpu", "nvme") and stage != 3:
+        problems.append(f"zero_optimization.offload_param needs stage 3 (stage is {stage})")
+    if _lookup(config, "fp16.enabled") is True and _lookup(config, "bf16.enabled") is True:
+        problems.append("fp16 and bf16 are both enabled; pick one")
+    for dotted, argument in _MATCHES.items() if arguments is not None else ():
+        value, wanted = _lookup(config, dotted), arguments.get(argument)
+        if value not in (None, "auto") and wanted is not None and value != wanted:
+            problems.append(
+                f"{dotted}={value!r} but TrainingArguments has {argument}={wanted!r}; "
+                "use 'auto' to let Trainer fill it"
+            )
+    return problems

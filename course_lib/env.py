@@ -117,6 +117,9 @@ def quiet_optional_backends() -> None:
     import io
 
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # bitsandbytes' CPU backend warns at import that the optional `kernels` package is missing
+    # (its only message): the fallback kernel it then uses works.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     with contextlib.redirect_stderr(io.StringIO()):
         try:
             import torchao  # noqa: F401
@@ -141,8 +144,10 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
         strict_warnings()
     info = {"profile": active_profile(), "device": pick_device(), "seed": seed,
             "python": platform.python_version(), **versions(("torch", "transformers", "datasets"))}
-    if not quiet:
-        print(" | ".join(f"{key}: {value}" for key, value in info.items()))
+    if not quiet:  # two short lines: the page's column fits 79 characters
+        first, libraries = ("profile", "device", "seed", "python"), ("torch", "transformers", "datasets")
+        print(" | ".join(f"{key}: {info[key]}" for key in first))
+        print(" | ".join(f"{key} {info[key]}" for key in libraries))
     return info
 
 

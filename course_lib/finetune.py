@@ -1,29 +1,33 @@
-"""Fine-tuning with peft and TRL: LoRA adapters, SFT/DPO configs that run on a CPU, prompt
-formatting for the course's instruction and preference data, and greedy answering for exact match.
+"""Fine-tuning with peft and TRL: shared settings for the course's SFT and DPO runs, the course's
+two prompt formats, data selection, greedy answering for exact match, and DPO's reward metrics.
 
-The pieces fit together like this::
+The chapters write the peft and TRL calls themselves; this module holds what is not the lesson::
 
     train_rows = task_rows("sft-data", ("train",), task="module")
     held_out = task_rows("sft-data", ("validation", "test"), task="module")
-    trainer = SFTTrainer(add_lora(model), args=sft_config(folder),
+    args = SFTConfig(output_dir="out", max_steps=80, learning_rate=1e-3,
+                     activation_checkpointing=False, **device_flags(), **TRL_DEFAULTS)
+    trainer = SFTTrainer(model=get_peft_model(model, LoraConfig(...)), args=args,
                          train_dataset=sft_dataset(train_rows), processing_class=tokenizer)
-    run_training(trainer)
+    trainer.train()
     exact_match_score(trainer.model, tokenizer, held_out)["exact_match"]
 
-Prompts come in two styles. ``"plain"`` (the default, works with any tokenizer) writes
-``"Question: ...\\nAnswer:"`` and the answer as text; TRL appends the eos token. ``"chat"`` uses
-the conversational format: the prompt is a user message, the completion an assistant message, and
-TRL renders both with the tokenizer's chat template. Either way TRL computes the loss on the
-completion only, and :func:`generate_answers` builds its prompts exactly as training tokenised them.
+Prompts come in exactly two formats, because TRL accepts two kinds of rows. ``"plain"`` (the
+default) writes ``"Question: ...\\nAnswer:"`` and the answer as text (TRL appends the eos token): it
+works with any tokenizer, including a base model's that has no chat template. ``"chat"`` writes the
+prompt as a user message and the answer as an assistant message, and TRL renders both with the
+tokenizer's chat template: what a chat model was trained to read. Either way TRL computes the loss on
+the completion only, and :func:`generate_answers` builds its prompts exactly as training tokenised them.
 """
+
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -32,29 +36,28 @@ from .models import pick_device
 from .profiles import CourseError
 
 STYLES = ("plain", "chat")
-# LoRA on every linear layer (attention and MLP) learned fastest among the PEFT methods measured
-# on the course LM; alpha = 2 r is the common starting point.
-LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-                                 "target_modules": "all-linear", "task_type": "CAUSAL_LM"}
-# Shared by SFT and DPO. TRL defaults bf16 and gradient checkpointing to on: the first fails on
-# most CPUs, the second makes tiny models about 50% slower. transformers 5.23 renamed
-# gradient_checkpointing to activation_checkpointing; setting the new name also avoids the
-# FutureWarning that TRL's old-name default raises. A constant learning rate suits short runs.
-# Nothing is saved unless asked.
-_TRAINING_DEFAULTS: dict[str, Any] = {
-    "activation_checkpointing": False, "report_to": "none", "save_strategy": "no",
-    "per_device_train_batch_size": 8, "per_device_eval_batch_size": 32,
-    "logging_steps": 10, "max_length": 128, "seed": 0, "data_seed": 0,
-    "lr_scheduler_type": "constant", "warmup_steps": 0, "dataloader_num_workers": 0,
+# What every TRL run of the course sets besides the arguments a chapter writes itself, spread into
+# SFTConfig(...) / DPOConfig(...): nothing saved or reported, a seeded data order, a constant
+# learning rate (the runs are short), a log line every 10 steps, no data-loader worker processes.
+TRL_DEFAULTS: dict[str, Any] = {
+    "report_to": "none",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "seed": 0,
+    "data_seed": 0,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "dataloader_num_workers": 0,
+    "per_device_eval_batch_size": 32,
 }
-# Full fine-tuning of the course LM; LoRA usually wants a learning rate 2-10x higher.
-SFT_DEFAULTS: dict[str, Any] = {**_TRAINING_DEFAULTS, "learning_rate": 1e-3, "max_steps": 80}
-# beta = 0.1 is TRL's default: how far the policy may drift from the reference model.
-DPO_DEFAULTS: dict[str, Any] = {**_TRAINING_DEFAULTS, "learning_rate": 2e-4, "max_steps": 20,
-                                "beta": 0.1}
 
 
 # --- warnings -----------------------------------------------------------------------------------
+
+# transformers 5.23 renamed ``is_gradient_checkpointing``; peft 0.21 and TRL 1.16 still read the old
+# name. A page silences exactly this with ``warnings.filterwarnings("ignore", CHECKPOINTING_RENAME)``.
+CHECKPOINTING_RENAME = r"`is_gradient_checkpointing` is deprecated"
+
 
 @contextlib.contextmanager
 def ignore_checkpointing_rename() -> Iterator[None]:
@@ -62,51 +65,15 @@ def ignore_checkpointing_rename() -> Iterator[None]:
 
     transformers renamed ``model.is_gradient_checkpointing`` to ``is_activation_checkpointing``;
     ``PeftModel.__init__`` and ``DPOTrainer`` (at every reference forward pass) still read the old
-    name. The warning is about their code, not ours, but CI turns it into an error. :func:`add_lora`,
-    :func:`load_adapter`, :func:`run_training` and :func:`evaluate` use this; wrap any other call
-    into those libraries that raises it.
+    name. The warning is about their code, not ours, but CI turns it into an error. Library code that
+    calls into peft or TRL runs under this.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
-                                category=FutureWarning)
+        warnings.filterwarnings("ignore", message=CHECKPOINTING_RENAME, category=FutureWarning)
         yield
 
 
-# --- LoRA ---------------------------------------------------------------------------------------
-
-def lora_config(**overrides: Any):
-    """A ``peft.LoraConfig`` with the course's defaults (:data:`LORA_DEFAULTS`) updated by ``overrides``."""
-    from peft import LoraConfig
-
-    settings = {**LORA_DEFAULTS, **overrides}
-    if settings["r"] < 1:
-        raise CourseError(f"LoRA rank r must be >= 1, got {settings['r']}.")
-    return LoraConfig(**settings)
-
-
-def add_lora(model, seed: int = 0, **overrides: Any):
-    """Wrap ``model`` in a ``PeftModel`` with fresh LoRA adapters (seeded); only the adapters train.
-
-    The base weights are frozen in place, not copied: pass ``copy.deepcopy(model)`` to keep the
-    original model usable on its own.
-    """
-    from peft import get_peft_model
-
-    config = lora_config(**overrides)
-    torch.manual_seed(seed)
-    with ignore_checkpointing_rename():
-        return get_peft_model(model, config)
-
-
-def load_adapter(model, folder: str | Path, trainable: bool = False):
-    """Attach the adapter saved in ``folder`` (``adapter_config.json`` + ``adapter_model.safetensors``)
-    to ``model``, a copy of the base model it was trained on."""
-    from peft import PeftModel
-
-    if not (Path(folder) / "adapter_config.json").is_file():
-        raise CourseError(f"No adapter_config.json in {folder}; save one with `peft_model.save_pretrained`.")
-    with ignore_checkpointing_rename():
-        return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+# --- saved adapters and merged models ----------------------------------------------------------
 
 
 def saved_files(folder: str | Path) -> list[dict]:
@@ -114,8 +81,10 @@ def saved_files(folder: str | Path) -> list[dict]:
     files = [p for p in Path(folder).rglob("*") if p.is_file()]
     if not files:
         raise CourseError(f"{folder} holds no files; save a model or adapter there first.")
-    return sorted(({"file": str(p.relative_to(folder)), "kB": round(p.stat().st_size / 1e3, 1)}
-                   for p in files), key=lambda row: -row["kB"])
+    return sorted(
+        ({"file": str(p.relative_to(folder)), "kB": round(p.stat().st_size / 1e3, 1)} for p in files),
+        key=lambda row: -row["kB"],
+    )
 
 
 @torch.no_grad()
@@ -132,7 +101,8 @@ def max_logit_difference(model_a, model_b, tokenizer, texts: list[str]) -> float
     return largest
 
 
-# --- TRL configs and training -------------------------------------------------------------------
+# --- TRL settings and DPO's reward metrics --------------------------------------------------------
+
 
 def device_flags(device: str | None = None) -> dict[str, bool]:
     """Trainer flags that depend on the device: bf16 on GPUs that support it, fp16 on older GPUs,
@@ -144,58 +114,12 @@ def device_flags(device: str | None = None) -> dict[str, bool]:
     return {"bf16": bf16, "fp16": not bf16, "dataloader_pin_memory": True}
 
 
-def _config(config_class, defaults: dict, output_dir: str | Path, overrides: dict):
-    known = set(config_class.__dataclass_fields__)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise CourseError(f"{config_class.__name__} has no field(s) {unknown}; check the spelling "
-                          f"(e.g. max_length, not max_seq_length; eval_strategy, not evaluation_strategy).")
-    return config_class(output_dir=str(output_dir), **{**defaults, **device_flags(), **overrides})
-
-
-def sft_config(output_dir: str | Path, **overrides: Any):
-    """A ``trl.SFTConfig`` that runs on a CPU: :data:`SFT_DEFAULTS` + :func:`device_flags` + ``overrides``.
-
-    Completion-only loss needs nothing extra: TRL turns it on for prompt/completion datasets.
-    """
-    from trl import SFTConfig
-
-    return _config(SFTConfig, SFT_DEFAULTS, output_dir, overrides)
-
-
-def dpo_config(output_dir: str | Path, **overrides: Any):
-    """A ``trl.DPOConfig`` that runs on a CPU: :data:`DPO_DEFAULTS` + :func:`device_flags` + ``overrides``.
-
-    ``beta`` (default 0.1) sets how far the policy may move from the reference model;
-    ``loss_type=["sigmoid", "sft"]`` adds the SFT loss on the chosen answers.
-    """
-    from trl import DPOConfig
-
-    return _config(DPOConfig, DPO_DEFAULTS, output_dir, overrides)
-
-
-def run_training(trainer) -> dict:
-    """``trainer.train()`` (any ``Trainer``, including TRL's) with the wall time and mean loss.
-
-    Runs under :func:`ignore_checkpointing_rename`. Returns ``steps``, ``seconds`` and ``train_loss``
-    (the mean over all steps, as ``Trainer`` reports it).
-    """
-    start = time.perf_counter()
-    with ignore_checkpointing_rename():
-        result = trainer.train()
-    return {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - start, 1),
-            "train_loss": round(result.training_loss, 4)}
-
-
-def evaluate(trainer, dataset=None) -> dict:
-    """``trainer.evaluate()`` under :func:`ignore_checkpointing_rename`, floats rounded to 4 digits."""
-    with ignore_checkpointing_rename():
-        metrics = trainer.evaluate(dataset) if dataset is not None else trainer.evaluate()
-    return {key: round(value, 4) if isinstance(value, float) else value for key, value in metrics.items()}
-
-
-DPO_REWARD_METRICS = {"eval_rewards/accuracies": "reward_accuracy", "eval_rewards/margins": "reward_margin",
-                      "eval_rewards/chosen": "chosen_reward", "eval_rewards/rejected": "rejected_reward"}
+DPO_REWARD_METRICS = {
+    "eval_rewards/accuracies": "reward_accuracy",
+    "eval_rewards/margins": "reward_margin",
+    "eval_rewards/chosen": "chosen_reward",
+    "eval_rewards/rejected": "rejected_reward",
+}
 
 
 def reward_metrics(dpo_trainer, dataset=None) -> dict:
@@ -206,9 +130,13 @@ def reward_metrics(dpo_trainer, dataset=None) -> dict:
     policy equals the reference, so every reward, the margin and the accuracy are 0.
     """
     if dataset is None and getattr(dpo_trainer, "eval_dataset", None) is None:
-        raise CourseError("reward_metrics needs evaluation pairs: build the DPOTrainer with an eval_dataset "
-                          "or pass dataset=.")
-    metrics = evaluate(dpo_trainer, dataset)
+        raise CourseError(
+            "reward_metrics needs evaluation pairs: build the DPOTrainer with an eval_dataset "
+            "or pass dataset=."
+        )
+    with ignore_checkpointing_rename():
+        metrics = dpo_trainer.evaluate(dataset) if dataset is not None else dpo_trainer.evaluate()
+    metrics = {key: round(value, 4) if isinstance(value, float) else value for key, value in metrics.items()}
     missing = [key for key in DPO_REWARD_METRICS if key not in metrics]
     if missing:
         raise CourseError(f"{missing} not in the evaluation metrics: reward_metrics needs a DPOTrainer.")
@@ -216,6 +144,7 @@ def reward_metrics(dpo_trainer, dataset=None) -> dict:
 
 
 # --- data ---------------------------------------------------------------------------------------
+
 
 def answer_column(rows) -> str:
     """``output`` for sft-data rows, ``chosen`` for preference-data rows."""
@@ -232,29 +161,41 @@ def frequent_answers(rows, k: int) -> list[str]:
     return [answer for answer, _ in Counter(rows[answer_column(rows)]).most_common(k)]
 
 
-def select_rows(dataset, task: str | None = None, answers: Iterable[str] | None = None,
-                max_answer_chars: int | None = None, corpus_split: str | Iterable[str] | None = None,
-                limit: int | None = None):
+def select_rows(
+    dataset,
+    task: str | None = None,
+    answers: Iterable[str] | None = None,
+    max_answer_chars: int | None = None,
+    corpus_split: str | Iterable[str] | None = None,
+    limit: int | None = None,
+):
     """Rows of an sft-data or preference-data split, narrowed by ``task``, by the set of allowed
     ``answers``, by answer length, by the ``corpus_split`` of the document that describes the row
     (``"train"``: pretraining saw it), and to the first ``limit`` matches (in file order)."""
     if task is not None:
         if "task" not in dataset.column_names:
-            raise CourseError("This dataset has no 'task' column; task= works on the offline "
-                              "sft-data and preference-data roles.")
+            raise CourseError(
+                "This dataset has no 'task' column; task= works on the offline "
+                "sft-data and preference-data roles."
+            )
         tasks = set(dataset.unique("task"))
         if task not in tasks:
             raise CourseError(f"Unknown task {task!r}; this dataset has {sorted(tasks)}.")
-    splits = {corpus_split} if isinstance(corpus_split, str) else (
-        set(corpus_split) if corpus_split is not None else None)
+    splits = (
+        {corpus_split}
+        if isinstance(corpus_split, str)
+        else (set(corpus_split) if corpus_split is not None else None)
+    )
     allowed = set(answers) if answers is not None else None
     column = answer_column(dataset)
 
     def keep(row: dict) -> bool:
-        return ((task is None or row["task"] == task)
-                and (allowed is None or row[column] in allowed)
-                and (max_answer_chars is None or len(row[column]) <= max_answer_chars)
-                and (splits is None or row["corpus_split"] in splits))
+        return (
+            (task is None or row["task"] == task)
+            and (allowed is None or row[column] in allowed)
+            and (max_answer_chars is None or len(row[column]) <= max_answer_chars)
+            and (splits is None or row["corpus_split"] in splits)
+        )
 
     selected = dataset.filter(keep)
     if limit is not None:
@@ -316,39 +257,55 @@ def format_answer(text: str, style: str = "plain"):
 def sft_dataset(rows, style: str = "plain"):
     """sft-data rows -> a ``prompt``/``completion`` dataset for ``SFTTrainer`` (completion-only loss)."""
     prompt_style(None, style)
-    return rows.map(lambda row: {"prompt": format_prompt(instruction_text(row), style),
-                                 "completion": format_answer(row["output"], style)},
-                    remove_columns=rows.column_names)
+    return rows.map(
+        lambda row: {
+            "prompt": format_prompt(instruction_text(row), style),
+            "completion": format_answer(row["output"], style),
+        },
+        remove_columns=rows.column_names,
+    )
 
 
 def preference_dataset(rows, style: str = "plain"):
     """preference-data rows -> a ``prompt``/``chosen``/``rejected`` dataset for ``DPOTrainer``."""
     prompt_style(None, style)
-    return rows.map(lambda row: {"prompt": format_prompt(instruction_text(row), style),
-                                 "chosen": format_answer(row["chosen"], style),
-                                 "rejected": format_answer(row["rejected"], style)},
-                    remove_columns=rows.column_names)
+    return rows.map(
+        lambda row: {
+            "prompt": format_prompt(instruction_text(row), style),
+            "chosen": format_answer(row["chosen"], style),
+            "rejected": format_answer(row["rejected"], style),
+        },
+        remove_columns=rows.column_names,
+    )
 
 
 def loss_text(tokenizer, example: dict) -> dict:
     """What a tokenised SFT example trains on: the whole ``text`` and the ``text_with_loss`` (the tokens
     whose label is not -100, i.e. the completion when TRL computes completion-only loss)."""
     if "labels" not in example:
-        raise CourseError(f"No 'labels' in the example (keys: {sorted(example)}); pass a row of "
-                          "`SFTTrainer(...).train_dataset`.")
+        raise CourseError(
+            f"No 'labels' in the example (keys: {sorted(example)}); pass a row of "
+            "`SFTTrainer(...).train_dataset`."
+        )
     ids = example["input_ids"]
-    return {"text": tokenizer.decode(ids),
-            "text_with_loss": tokenizer.decode([t for t, label in zip(ids, example["labels"]) if label != -100])}
+    return {
+        "text": tokenizer.decode(ids),
+        "text_with_loss": tokenizer.decode([t for t, label in zip(ids, example["labels"]) if label != -100]),
+    }
 
 
 # --- answering and scoring ----------------------------------------------------------------------
+
 
 def prompt_ids(tokenizer, text: str, style: str = "plain") -> list[int]:
     """Token ids of a prompt, tokenised the way TRL tokenises it for training."""
     prompt = format_prompt(text, prompt_style(tokenizer, style))
     if style == "chat":
-        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True)["input_ids"])
+        return list(
+            tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
     return list(tokenizer(prompt)["input_ids"])
 
 
@@ -362,8 +319,9 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, texts: list[str], style: str = "plain",
-                     max_new_tokens: int = 16, batch_size: int = 64) -> list[str]:
+def generate_answers(
+    model, tokenizer, texts: list[str], style: str = "plain", max_new_tokens: int = 16, batch_size: int = 64
+) -> list[str]:
     """Greedy answers to ``texts`` (instructions), in left-padded batches; only the new text, stripped.
 
     Greedy decoding is deterministic, so exact match is repeatable.
@@ -373,18 +331,25 @@ def generate_answers(model, tokenizer, texts: list[str], style: str = "plain",
     if max_new_tokens < 1:
         raise CourseError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
-                              eos_token_id=stop_token_ids(tokenizer), pad_token_id=pad_id)
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=pad_id,
+    )
     was_training = model.training
     model.eval()
     answers: list[str] = []
     for start in range(0, len(texts), batch_size):
-        encoded = [prompt_ids(tokenizer, text, style) for text in texts[start: start + batch_size]]
+        encoded = [prompt_ids(tokenizer, text, style) for text in texts[start : start + batch_size]]
         width = max(map(len, encoded))
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
-        output = model.generate(input_ids=input_ids.to(model.device),
-                                attention_mask=attention.to(model.device), generation_config=config)
+        output = model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention.to(model.device),
+            generation_config=config,
+        )
         answers.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in output[:, width:])
     model.train(was_training)
     return answers
@@ -395,14 +360,19 @@ def exact_match_score(model, tokenizer, rows, style: str = "plain", max_new_toke
 
     Returns ``exact_match``, the number of rows ``n``, and ``predictions`` (in row order).
     """
-    predictions = generate_answers(model, tokenizer, [instruction_text(row) for row in rows], style,
-                                   max_new_tokens)
-    return {"exact_match": round(exact_match(predictions, rows[answer_column(rows)]), 4), "n": len(rows),
-            "predictions": predictions}
+    predictions = generate_answers(
+        model, tokenizer, [instruction_text(row) for row in rows], style, max_new_tokens
+    )
+    return {
+        "exact_match": round(exact_match(predictions, rows[answer_column(rows)]), 4),
+        "n": len(rows),
+        "predictions": predictions,
+    }
 
 
-def exact_match_by(rows, predictions: list[str], column: str = "corpus_split",
-                   groups: list | None = None) -> list[dict]:
+def exact_match_by(
+    rows, predictions: list[str], column: str = "corpus_split", groups: list | None = None
+) -> list[dict]:
     """Exact match per value of ``column`` (e.g. whether pretraining saw the row's document), with
     counts; or per value of ``groups`` (one label per row) when given, reported under ``column``."""
     if len(predictions) != len(rows):
@@ -415,22 +385,33 @@ def exact_match_by(rows, predictions: list[str], column: str = "corpus_split",
         preds, refs = found.setdefault(label, ([], []))
         preds.append(prediction)
         refs.append(reference)
-    return [{column: key, "n": len(refs), "exact_match": round(exact_match(preds, refs), 4)}
-            for key, (preds, refs) in sorted(found.items())]
+    return [
+        {column: key, "n": len(refs), "exact_match": round(exact_match(preds, refs), 4)}
+        for key, (preds, refs) in sorted(found.items())
+    ]
 
 
-def exact_match_table(rows, predictions: dict[str, list[str]], groups: list, column: str = "group",
-                      difference: tuple[str, str] | None = None) -> list[dict]:
+def exact_match_table(
+    rows,
+    predictions: dict[str, list[str]],
+    groups: list,
+    column: str = "group",
+    difference: tuple[str, str] | None = None,
+) -> list[dict]:
     """One row per group label (``groups``: one label per row of ``rows``), one exact-match column per
     named model in ``predictions``, the group size ``n``, and optionally ``difference = (a, b)``: a - b."""
     table: dict = {}
     for name, answers in predictions.items():
         for entry in exact_match_by(rows, answers, column, groups):
-            table.setdefault(entry[column], {column: entry[column], "n": entry["n"]})[name] = entry["exact_match"]
+            table.setdefault(entry[column], {column: entry[column], "n": entry["n"]})[name] = entry[
+                "exact_match"
+            ]
     if difference is not None:
         a, b = difference
         if a not in predictions or b not in predictions:
-            raise CourseError(f"difference names {difference} must be keys of predictions {list(predictions)}.")
+            raise CourseError(
+                f"difference names {difference} must be keys of predictions {list(predictions)}."
+            )
         for entry in table.values():
             entry[f"{a} - {b}"] = round(entry[a] - entry[b], 4)
     return list(table.values())
@@ -473,29 +454,39 @@ def completion_logprob(model, tokenizer, prompt: str, completion: str, style: st
     style = prompt_style(tokenizer, style)
     context = prompt_ids(tokenizer, prompt, style)
     if style == "chat":
-        full = list(tokenizer.apply_chat_template(format_prompt(prompt, style) + format_answer(completion, style),
-                                                  tokenize=True, return_dict=True)["input_ids"])
+        full = list(
+            tokenizer.apply_chat_template(
+                format_prompt(prompt, style) + format_answer(completion, style),
+                tokenize=True,
+                return_dict=True,
+            )["input_ids"]
+        )
     else:
-        full = list(tokenizer(format_prompt(prompt, style) + format_answer(completion, style)
-                              + tokenizer.eos_token)["input_ids"])
+        full = list(
+            tokenizer(format_prompt(prompt, style) + format_answer(completion, style) + tokenizer.eos_token)[
+                "input_ids"
+            ]
+        )
     start = next((i for i, (a, b) in enumerate(zip(context, full)) if a != b), len(context))
     if start == 0:
-        raise CourseError("The prompt tokenises to nothing in common with prompt + completion; pass a non-empty prompt.")
+        raise CourseError(
+            "The prompt tokenises to nothing in common with prompt + completion; pass a non-empty prompt."
+        )
     ids = torch.tensor([full], device=model.device)
     log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
     targets = ids[0, 1:]
-    return float(log_probs[torch.arange(start - 1, len(full) - 1), targets[start - 1:]].sum())
-
+    return float(log_probs[torch.arange(start - 1, len(full) - 1), targets[start - 1 :]].sum())
 
 
 # --- what pretraining already knows ----------------------------------------------------------
+
 
 def function_name(row: dict) -> str:
     """The function a ``module``-task row asks about: its ``source`` without the module prefix."""
     module = row.get("output", row.get("chosen"))
     if row.get("task") != "module" or not row["source"].startswith(f"{module}."):
         raise CourseError(f"Not a 'module' task row: {row.get('source')!r} -> {module!r}.")
-    return row["source"][len(module) + 1:]
+    return row["source"][len(module) + 1 :]
 
 
 def corpus_mentions(text: str, limit: int = 3) -> list[dict]:
@@ -518,41 +509,60 @@ def corpus_mentions(text: str, limit: int = 3) -> list[dict]:
     return found
 
 
-@torch.no_grad()
-def module_probe(model, tokenizer, rows, modules: list[str], template: str = "function {module}.{name}(") -> dict:
-    """Zero-shot multiple choice: for each ``module``-task row, the candidate module under which the
-    model finds the function's name most likely, in the layout of the corpus (``template``).
+PROBE_TEMPLATE = "function {module}.{name}("  # how the corpus introduces a function
 
-    The score is ``log p(name + "(" | "function <module>.")``: conditioned on the module, so a module
-    that is frequent in the corpus gets no head start. No training and no question format are
-    involved, so it measures what pretraining stored. Returns ``accuracy``, ``chance`` and ``predictions``.
+
+@torch.no_grad()
+def module_scores(
+    model, tokenizer, name: str, modules: list[str], template: str = PROBE_TEMPLATE
+) -> list[float]:
+    """For each candidate module, ``log p(name + "(" | "function <module>.")`` under ``model``: the
+    summed log-probabilities of the tokens after the prefix, in the corpus's layout (``template``).
+
+    The prefix and the whole text are tokenised separately; the scored tokens start where the two
+    token lists first differ (a BPE merge can swallow the ``"."`` into the name's first token).
     """
     if "{module}" not in template or not template.endswith("{name}("):
         raise CourseError("template must contain {module} and end with '{name}('.")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sequences, starts = [], []
+    for module in modules:
+        context = tokenizer(template.split("{name}")[0].format(module=module))["input_ids"]
+        full = tokenizer(template.format(module=module, name=name))["input_ids"]
+        sequences.append(full)
+        starts.append(next((i for i, (a, b) in enumerate(zip(context, full)) if a != b), len(context)))
+    width = max(map(len, sequences))
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], device=model.device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
+    log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    scores = []
+    for k, (sequence, start) in enumerate(zip(sequences, starts)):
+        positions = torch.arange(max(start, 1), len(sequence), device=model.device)
+        scores.append(float(log_probs[k, positions - 1, ids[k, positions]].sum()))
+    return scores
+
+
+def module_probe(model, tokenizer, rows, modules: list[str], template: str = PROBE_TEMPLATE) -> dict:
+    """Zero-shot multiple choice: for each ``module``-task row, the candidate module under which the
+    model finds the function's name most likely (:func:`module_scores`).
+
+    The score is conditioned on the module, so a module that is frequent in the corpus gets no head
+    start. No training and no question format are involved, so it measures what pretraining stored.
+    Returns ``accuracy``, ``chance`` and ``predictions``.
+    """
+    was_training = model.training
     model.eval()
     predictions = []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for row in rows:
-        name = function_name(row)
-        scores = []
-        sequences, starts = [], []
-        for module in modules:
-            prefix = template.split("{name}")[0].format(module=module)
-            context = tokenizer(prefix)["input_ids"]
-            full = tokenizer(template.format(module=module, name=name))["input_ids"]
-            sequences.append(full)
-            starts.append(next((i for i, (a, b) in enumerate(zip(context, full)) if a != b), len(context)))
-        width = max(map(len, sequences))
-        ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], device=model.device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
-        log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        for k, (sequence, start) in enumerate(zip(sequences, starts)):
-            positions = torch.arange(max(start, 1), len(sequence), device=model.device)
-            scores.append(float(log_probs[k, positions - 1, ids[k, positions]].sum()))
+        scores = module_scores(model, tokenizer, function_name(row), modules, template)
         predictions.append(modules[max(range(len(modules)), key=scores.__getitem__)])
+    model.train(was_training)
     references = rows[answer_column(rows)]
-    return {"accuracy": round(exact_match(predictions, references), 4), "chance": round(1 / len(modules), 4),
-            "predictions": predictions}
+    return {
+        "accuracy": round(exact_match(predictions, references), 4),
+        "chance": round(1 / len(modules), 4),
+        "predictions": predictions,
+    }
 
 
 def count_by(rows, *columns: str) -> list[dict]:

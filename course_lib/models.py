@@ -4,6 +4,7 @@ Every load goes through the same code for both profiles: offline it passes a
 local folder to ``from_pretrained``, on the Hub a repo id. ``trust_remote_code``
 is off and safetensors are required, so loading never runs code from a download.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,14 @@ from . import assets
 from .profiles import CourseError, RoleSpec, resolve
 
 MODEL_ROLES = ("causal-lm", "chat-model", "encoder")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def source_of(spec: RoleSpec) -> str:
@@ -33,8 +40,9 @@ def source_of(spec: RoleSpec) -> str:
 def _model_spec(role: str) -> RoleSpec:
     spec = resolve(role)
     if spec.kind != "model":
-        raise CourseError(f"Role {role!r} is a {spec.kind}, not a model. "
-                          f"Model roles: {', '.join(MODEL_ROLES)}.")
+        raise CourseError(
+            f"Role {role!r} is a {spec.kind}, not a model. Model roles: {', '.join(MODEL_ROLES)}."
+        )
     return spec
 
 
@@ -45,6 +53,25 @@ def pick_device() -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device a model's inputs must be on: ``model.device`` (transformers and peft models),
+    else the device of its first parameter (a plain module, or a DDP wrapper), else the CPU."""
+    device = getattr(model, "device", None)
+    if isinstance(device, (torch.device, str)):
+        return torch.device(device)
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def to_device_of(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with every tensor moved to :func:`device_of` ``(model)`` (other values kept):
+    what a tokenizer's or collator's output needs before ``model(**batch)`` outside a Trainer."""
+    device = device_of(model)
+    return {
+        key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()
+    }
 
 
 def pick_dtype(device: str | None = None) -> torch.dtype:
@@ -73,8 +100,14 @@ def load_tokenizer(role: str = "causal-lm", **kwargs: Any):
     return AutoTokenizer.from_pretrained(source_of(_model_spec(role)), **kwargs)
 
 
-def load_model(role: str = "causal-lm", *, auto_class: Any = None,
-               dtype: str | torch.dtype | None = None, device: str | None = None, **kwargs: Any):
+def load_model(
+    role: str = "causal-lm",
+    *,
+    auto_class: Any = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    **kwargs: Any,
+):
     """Load the model behind ``role`` through an Auto class.
 
     ``auto_class`` defaults to ``AutoModelForCausalLM`` for decoder roles and
@@ -88,8 +121,9 @@ def load_model(role: str = "causal-lm", *, auto_class: Any = None,
     if auto_class is None:
         auto_class = AutoModel if role == "encoder" else AutoModelForCausalLM
     device = device or ("cpu" if spec.is_local else pick_device())
-    chosen = as_dtype(dtype) if dtype is not None else (
-        torch.float32 if spec.is_local else pick_dtype(device))
+    chosen = (
+        as_dtype(dtype) if dtype is not None else (torch.float32 if spec.is_local else pick_dtype(device))
+    )
     kwargs.setdefault("trust_remote_code", False)
     kwargs.setdefault("use_safetensors", True)
     model = auto_class.from_pretrained(source_of(spec), dtype=chosen, **kwargs)
@@ -108,8 +142,11 @@ def count_parameters(model: torch.nn.Module) -> dict[str, float]:
         seen.add(id(param))
         total += param.numel()
         trainable += param.numel() if param.requires_grad else 0
-    return {"total": total, "trainable": trainable,
-            "trainable_%": round(100 * trainable / total, 3) if total else 0.0}
+    return {
+        "total": total,
+        "trainable": trainable,
+        "trainable_%": round(100 * trainable / total, 3) if total else 0.0,
+    }
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
@@ -140,8 +177,14 @@ def memory_by_dtype(model: torch.nn.Module, dtypes=("float32", "bfloat16")) -> l
         cast = copy.deepcopy(model).to(as_dtype(name))
         params = count_parameters(cast)["total"]
         in_memory = tensor_bytes(cast)
-        rows.append({"dtype": name, "parameters": params, "bytes_in_memory": in_memory,
-                     "bytes_per_parameter": round(in_memory / params, 2),
-                     "MB_on_disk": round(saved_bytes(cast) / 1e6, 2)})
+        rows.append(
+            {
+                "dtype": name,
+                "parameters": params,
+                "bytes_in_memory": in_memory,
+                "bytes_per_parameter": round(in_memory / params, 2),
+                "MB_on_disk": round(saved_bytes(cast) / 1e6, 2),
+            }
+        )
         del cast
     return rows

@@ -2,19 +2,22 @@
 
 * the task: answer questions about the standard library (the ``sft-data`` role) in the
   tokenizer's chat format, loss on the assistant's tokens only (:func:`task_examples`);
-* the methods: every ``peft`` method that fits a causal LM (:func:`methods`), plus two
-  written here by hand: BitFit (:func:`bitfit`, with :func:`add_zero_biases` for
-  bias-free architectures such as Llama) and a bottleneck adapter
-  (:class:`BottleneckAdapter`, which ``peft`` does not have);
+* the methods: chapter 12 writes its ``peft`` configs (and BitFit and a bottleneck adapter)
+  on the page and hands them to :func:`compare`, which trains a fresh copy of the model with
+  each one and measures it; the benchmark's table of every ``peft`` method that fits a causal
+  LM is :func:`sweep_methods` (with :func:`add_zero_biases` for bias-free architectures and
+  :func:`add_bottleneck_adapters`, which ``peft`` does not have);
 * one budget: the same number of optimizer steps, batch size and data for every method
   (:func:`train_steps`), then held-out answer loss and token accuracy (:func:`answer_metrics`)
-  and the adapter's size on disk (:func:`adapter_bytes`);
+  and the adapter's size on disk (:func:`adapter_bytes`); batches go to the model's device
+  (:func:`model_batch`);
 * LoRA in depth: :func:`lora_target_modules` finds the attention projections of any
   architecture, :func:`merge_equivalence` checks that merging changes nothing.
 
 :func:`run_sweep` runs every method and writes a JSON file with the machine, library
 versions and date (``python -m course_lib peft-sweep``); :func:`load_sweep` reads it back.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,17 +27,17 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .models import count_parameters
+from .models import count_parameters, device_of
+from .prep import IGNORE_INDEX, pad_features
 from .profiles import CourseError
 
-IGNORE_INDEX = -100
 SWEEP_FILE = Path("book") / "data" / "peft_sweep.json"
 SWEEP_ENV = "COURSE_PEFT_SWEEP"
 SWEEP_URL = "https://raw.githubusercontent.com/hf-llm-course/course/main/book/data/peft_sweep.json"
@@ -47,17 +50,26 @@ def chat_example(tokenizer, question: str, answer: str, max_length: int = 96) ->
     """One training example in the tokenizer's chat format: ``input_ids`` and ``labels``, where
     only the assistant's tokens (the ``{% generation %}`` part of the template) are learned."""
     messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     ids, mask = encoded["input_ids"][:max_length], encoded["assistant_masks"][:max_length]
     if not any(mask):
-        raise CourseError("The chat template marks no assistant tokens (or max_length cut them off): "
-                          "the template needs {% generation %} markers, see the tokenizer asset.")
+        raise CourseError(
+            "The chat template marks no assistant tokens (or max_length cut them off): "
+            "the template needs {% generation %} markers, see the tokenizer asset."
+        )
     return {"input_ids": ids, "labels": [i if m else IGNORE_INDEX for i, m in zip(ids, mask)]}
 
 
-def task_examples(tokenizer, split: str, tasks: tuple[str, ...] | None = None, limit: int | None = None,
-                  seed: int = 0, max_length: int = 96) -> list[dict[str, list[int]]]:
+def task_examples(
+    tokenizer,
+    split: str,
+    tasks: tuple[str, ...] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    max_length: int = 96,
+) -> list[dict[str, list[int]]]:
     """Examples from the ``sft-data`` role: ``instruction`` (+ ``input``) as the question,
     ``output`` as the answer. ``tasks`` keeps only rows of those tasks (offline data has a
     ``task`` column: module, signature, summary); ``limit`` takes a seeded random subset."""
@@ -68,26 +80,24 @@ def task_examples(tokenizer, split: str, tasks: tuple[str, ...] | None = None, l
         if "task" not in rows.column_names:
             raise CourseError("This dataset has no 'task' column to filter on; call with tasks=None.")
         wanted = set(tasks)
-        rows = rows.filter(lambda row: row["task"] in wanted)
+        # select by index: no per-call progress bar on the page, unlike Dataset.filter
+        rows = rows.select([i for i, task in enumerate(rows["task"]) if task in wanted])
         if len(rows) == 0:
-            raise CourseError(f"No rows for tasks {sorted(wanted)}; offline tasks are module, signature, summary.")
+            raise CourseError(
+                f"No rows for tasks {sorted(wanted)}; offline tasks are module, signature, summary."
+            )
     rows = rows.shuffle(seed=seed)
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    return [chat_example(tokenizer, (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")),
-                         r["output"], max_length) for r in rows]
-
-
-def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of examples into ``input_ids``/``attention_mask``/``labels`` tensors."""
-    width = max(len(e["input_ids"]) for e in examples)
-    batch = {"input_ids": [], "attention_mask": [], "labels": []}
-    for e in examples:
-        pad = width - len(e["input_ids"])
-        batch["input_ids"].append(e["input_ids"] + [pad_token_id] * pad)
-        batch["attention_mask"].append([1] * len(e["input_ids"]) + [0] * pad)
-        batch["labels"].append(e["labels"] + [IGNORE_INDEX] * pad)
-    return {k: torch.tensor(v) for k, v in batch.items()}
+    return [
+        chat_example(
+            tokenizer,
+            (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")),
+            r["output"],
+            max_length,
+        )
+        for r in rows
+    ]
 
 
 def _pad_id(model) -> int:
@@ -96,12 +106,27 @@ def _pad_id(model) -> int:
     return 0 if pad is None else int(pad)
 
 
+def model_batch(model, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Right-pad ``examples`` with the model's pad id (:func:`course_lib.prep.pad_features`) and
+    put the tensors on the model's device, ready for ``model(**batch)``."""
+    device = device_of(model)
+    return {key: value.to(device) for key, value in pad_features(examples, _pad_id(model)).items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Training for a fixed number of steps, and held-out metrics
 # ---------------------------------------------------------------------------------------------
-def train_steps(model, examples: list[dict], steps: int, lr: float, batch_size: int = 16, seed: int = 0,
-                after_step: Callable[[int], None] | None = None, progress: bool = True,
-                desc: str = "training") -> dict[str, Any]:
+def train_steps(
+    model,
+    examples: list[dict],
+    steps: int,
+    lr: float,
+    batch_size: int = 16,
+    seed: int = 0,
+    after_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+    desc: str = "training",
+) -> dict[str, Any]:
     """AdamW on the parameters that require grad, constant ``lr``, gradient clipping at 1.0.
 
     Batches are drawn from a seeded permutation of ``examples``, so every method sees the same
@@ -118,14 +143,14 @@ def train_steps(model, examples: list[dict], steps: int, lr: float, batch_size: 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
-    pad_id, losses = _pad_id(model), []
+    losses = []
     model.train()
     start = time.perf_counter()
     for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=5, leave=False):
         if len(order) < batch_size:
             order += torch.randperm(len(examples), generator=generator).tolist()
         chosen, order = order[:batch_size], order[batch_size:]
-        batch = collate([examples[i] for i in chosen], pad_id)
+        batch = model_batch(model, [examples[i] for i in chosen])
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -148,14 +173,15 @@ def answer_metrics(model, examples: list[dict], batch_size: int = 64) -> dict[st
     """
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    pad_id = _pad_id(model)
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start: start + batch_size], pad_id)
+        batch = model_batch(model, examples[start : start + batch_size])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, -batch["input_ids"].shape[1]:, :].float()
+        logits = logits[:, -batch["input_ids"].shape[1] :, :].float()
         predicted, target = logits[:, :-1], batch["labels"][:, 1:]
         scored = target != IGNORE_INDEX
-        total_loss += torch.nn.functional.cross_entropy(predicted[scored], target[scored], reduction="sum").item()
+        total_loss += torch.nn.functional.cross_entropy(
+            predicted[scored], target[scored], reduction="sum"
+        ).item()
         correct += (predicted[scored].argmax(-1) == target[scored]).sum().item()
         count += int(scored.sum())
     if count == 0:
@@ -176,22 +202,11 @@ def add_zero_biases(model: nn.Module) -> int:
     added = 0
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.bias is None and module is not head:
-            module.bias = nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype,
-                                                   device=module.weight.device))
+            module.bias = nn.Parameter(
+                torch.zeros(module.out_features, dtype=module.weight.dtype, device=module.weight.device)
+            )
             added += 1
     return added
-
-
-def bitfit(model: nn.Module) -> nn.Module:
-    """Freeze every parameter except the biases (BitFit, Ben Zaken et al. 2021); returns ``model``."""
-    biases = 0
-    for name, param in model.named_parameters():
-        param.requires_grad = name.endswith(".bias")
-        biases += param.requires_grad
-    if biases == 0:
-        raise CourseError("This model has no bias parameters (Llama-style models have none): "
-                          "call add_zero_biases(model) first.")
-    return model
 
 
 class BottleneckAdapter(nn.Module):
@@ -234,7 +249,9 @@ def add_bottleneck_adapters(model: nn.Module, bottleneck: int = 16, after: str =
     hidden = model.config.hidden_size
     targets = [name for name, _ in model.named_modules() if name.split(".")[-1] == after]
     if not targets:
-        raise CourseError(f"No submodule named {after!r}; pick one of the block names in model.named_modules().")
+        raise CourseError(
+            f"No submodule named {after!r}; pick one of the block names in model.named_modules()."
+        )
     for param in model.parameters():
         param.requires_grad = False
     for name in targets:
@@ -267,8 +284,13 @@ def linear_layer_names(model: nn.Module) -> list[str]:
     from transformers.pytorch_utils import Conv1D
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return sorted({name.split(".")[-1] for name, module in model.named_modules()
-                   if isinstance(module, (nn.Linear, Conv1D)) and module is not head and name})
+    return sorted(
+        {
+            name.split(".")[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, Conv1D)) and module is not head and name
+        }
+    )
 
 
 def lora_target_modules(model: nn.Module, scope: str = "attention") -> list[str]:
@@ -294,118 +316,163 @@ def lora_target_modules(model: nn.Module, scope: str = "attention") -> list[str]
     known = PEFT_TABLE.get(model_type)
     if known and set(known) <= names:
         return list(known)
-    raise CourseError(f"No known attention projections among the linear layers {sorted(names)} "
-                      f"(model_type {model_type!r}). Pass target_modules=[...] yourself, or use "
-                      "scope='all-linear'.")
+    raise CourseError(
+        f"No known attention projections among the linear layers {sorted(names)} "
+        f"(model_type {model_type!r}). Pass target_modules=[...] yourself, or use "
+        "scope='all-linear'."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The methods, one place
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Method:
-    """A fine-tuning method: how to apply it to a fresh model and the learning rate it trains with."""
-
-    name: str
-    family: str
-    lr: float
-    apply: Callable[[nn.Module, int], nn.Module]  # (model, steps) -> trainable model
-    note: str = ""
-
-
-def get_peft_model(model: nn.Module, config, adapter_name: str = "default"):
-    """``peft.get_peft_model`` inside :func:`course_lib.finetune.ignore_checkpointing_rename` (peft
-    0.21 reads an attribute that transformers 5.23 deprecated; CI turns that warning into an error)."""
+def sweep_methods(model: nn.Module, steps: int) -> dict[str, Any]:
+    """The benchmark's methods for ``model`` trained ``steps`` steps, by display name: a ``peft``
+    config for every ``peft`` method that fits a causal LM, and a function ``model -> model`` for
+    full fine-tuning, BitFit and the bottleneck adapter (chapter 12 writes those two on its page).
+    Give it to :func:`compare`."""
     import peft
 
-    from .finetune import ignore_checkpointing_rename
+    causal, virtual = "CAUSAL_LM", 16
+    linear = lora_target_modules(model, "all-linear")
+    table: dict[str, Any] = {"full fine-tuning": _full, "BitFit": _bitfit, "bottleneck adapter": _bottleneck}
+    table |= {
+        "LoRA": peft.LoraConfig(task_type=causal, r=8, lora_alpha=16, target_modules=linear),
+        "AdaLoRA": peft.AdaLoraConfig(
+            task_type=causal,
+            init_r=12,
+            target_r=8,
+            lora_alpha=16,
+            target_modules=linear,
+            total_step=steps,
+            tinit=steps // 5,
+            tfinal=steps // 5,
+        ),
+        "LoHa": peft.LoHaConfig(task_type=causal, r=8, alpha=16, target_modules=linear),
+        "LoKr": peft.LoKrConfig(task_type=causal, r=8, alpha=16, target_modules=linear),
+        "VeRA": peft.VeraConfig(task_type=causal, r=64, target_modules=linear),
+        "IA3": peft.IA3Config(task_type=causal),
+        "LN tuning": peft.LNTuningConfig(task_type=causal),
+        "MiSS": peft.MissConfig(task_type=causal, r=16, target_modules=linear),
+        "HRA": peft.HRAConfig(task_type=causal, r=8, target_modules=linear),
+        "BOFT": peft.BOFTConfig(task_type=causal, boft_block_size=8, target_modules=linear),
+        "OFT": peft.OFTConfig(task_type=causal, oft_block_size=16, target_modules=linear),
+        "FourierFT": peft.FourierFTConfig(task_type=causal, n_frequency=256, target_modules=linear),
+        "LLaMA-Adapter": peft.AdaptionPromptConfig(
+            task_type=causal, adapter_len=virtual, adapter_layers=model.config.num_hidden_layers
+        ),
+        "prefix tuning": peft.PrefixTuningConfig(task_type=causal, num_virtual_tokens=virtual),
+        "prompt tuning": peft.PromptTuningConfig(task_type=causal, num_virtual_tokens=virtual),
+        "P-tuning": peft.PromptEncoderConfig(
+            task_type=causal, num_virtual_tokens=virtual, encoder_hidden_size=model.config.hidden_size
+        ),
+    }
+    # Newer methods, each with its defaults on every linear layer (block sizes made to divide 128).
+    newer = {
+        "BEFT": "BeftConfig",
+        "C3A": "C3AConfig",
+        "DeFT": "DeftConfig",
+        "DeLoRA": "DeloraConfig",
+        "FRoD": "FrodConfig",
+        "GLoRA": "GloraConfig",
+        "GraLoRA": "GraloraConfig",
+        "HiRA": "HiraConfig",
+        "Lily": "LilyConfig",
+        "OSF": "OSFConfig",
+        "PEANuT": "PeanutConfig",
+        "PSOFT": "PsoftConfig",
+        "PVeRA": "PveraConfig",
+        "RandLoRA": "RandLoraConfig",
+        "RoAd": "RoadConfig",
+        "SHiRA": "ShiraConfig",
+        "SuperTuning": "SupertuningConfig",
+        "TinyLoRA": "TinyLoraConfig",
+        "UniLoRA": "UniLoraConfig",
+        "VB-LoRA": "VBLoRAConfig",
+        "WaveFT": "WaveFTConfig",
+        "AdaMSS": "AdamssConfig",
+    }
+    extra = {"C3A": {"block_size": 32}, "VB-LoRA": {"vector_length": 32}}
+    for display, class_name in newer.items():
+        if hasattr(peft, class_name):
+            try:
+                table[display] = getattr(peft, class_name)(
+                    task_type=causal, target_modules=linear, **extra.get(display, {})
+                )
+            except Exception as error:  # noqa: BLE001 - e.g. a missing optional dependency
+                table[display] = _raises(error)  # recorded as that method's error by the sweep
+    return table
 
-    with ignore_checkpointing_rename():
-        return peft.get_peft_model(model, config, adapter_name=adapter_name)
 
+def _raises(error: Exception) -> Callable[[nn.Module], nn.Module]:
+    def apply(model: nn.Module) -> nn.Module:
+        raise error
 
-def _peft(config_factory: Callable[[nn.Module, int], Any]) -> Callable[[nn.Module, int], nn.Module]:
-    def apply(model: nn.Module, steps: int) -> nn.Module:
-        return get_peft_model(model, config_factory(model, steps))
     return apply
 
 
-def _full(model: nn.Module, steps: int) -> nn.Module:
-    for param in model.parameters():
-        param.requires_grad = True
+def _full(model: nn.Module) -> nn.Module:
+    return model.requires_grad_(True)
+
+
+def _bitfit(model: nn.Module) -> nn.Module:
+    add_zero_biases(model)
+    for name, param in model.named_parameters():
+        param.requires_grad = name.endswith(".bias")
     return model
 
 
-def _bitfit(model: nn.Module, steps: int) -> nn.Module:
-    add_zero_biases(model)
-    return bitfit(model)
-
-
-def _bottleneck(model: nn.Module, steps: int) -> nn.Module:
+def _bottleneck(model: nn.Module) -> nn.Module:
     add_bottleneck_adapters(model, bottleneck=16)
     return model
 
 
-def _configs() -> dict[str, Callable[[nn.Module, int], Any]]:
-    import peft
-
-    causal = peft.TaskType.CAUSAL_LM
-    virtual = 16
-
-    def all_linear(model):
-        return lora_target_modules(model, "all-linear")
-
-    table = {
-        "LoRA": lambda m, s: peft.LoraConfig(task_type=causal, r=8, lora_alpha=16, target_modules=all_linear(m)),
-        "AdaLoRA": lambda m, s: peft.AdaLoraConfig(task_type=causal, init_r=12, target_r=8, lora_alpha=16,
-                                                   target_modules=all_linear(m), total_step=s,
-                                                   tinit=s // 5, tfinal=s // 5),
-        "LoHa": lambda m, s: peft.LoHaConfig(task_type=causal, r=8, alpha=16, target_modules=all_linear(m)),
-        "LoKr": lambda m, s: peft.LoKrConfig(task_type=causal, r=8, alpha=16, target_modules=all_linear(m)),
-        "VeRA": lambda m, s: peft.VeraConfig(task_type=causal, r=64, target_modules=all_linear(m)),
-        "IA3": lambda m, s: peft.IA3Config(task_type=causal),
-        "LN tuning": lambda m, s: peft.LNTuningConfig(task_type=causal),
-        "MiSS": lambda m, s: peft.MissConfig(task_type=causal, r=16, target_modules=all_linear(m)),
-        "HRA": lambda m, s: peft.HRAConfig(task_type=causal, r=8, target_modules=all_linear(m)),
-        "BOFT": lambda m, s: peft.BOFTConfig(task_type=causal, boft_block_size=8, target_modules=all_linear(m)),
-        "OFT": lambda m, s: peft.OFTConfig(task_type=causal, oft_block_size=16, target_modules=all_linear(m)),
-        "FourierFT": lambda m, s: peft.FourierFTConfig(task_type=causal, n_frequency=256,
-                                                       target_modules=all_linear(m)),
-        "LLaMA-Adapter": lambda m, s: peft.AdaptionPromptConfig(task_type=causal, adapter_len=virtual,
-                                                                adapter_layers=m.config.num_hidden_layers),
-        "prefix tuning": lambda m, s: peft.PrefixTuningConfig(task_type=causal, num_virtual_tokens=virtual),
-        "prompt tuning": lambda m, s: peft.PromptTuningConfig(task_type=causal, num_virtual_tokens=virtual),
-        "P-tuning": lambda m, s: peft.PromptEncoderConfig(task_type=causal, num_virtual_tokens=virtual,
-                                                          encoder_hidden_size=m.config.hidden_size),
-    }
-    # Newer methods, each with its defaults on every linear layer (block sizes made to divide 128).
-    newer = {"BEFT": "BeftConfig", "C3A": "C3AConfig", "DeFT": "DeftConfig", "DeLoRA": "DeloraConfig",
-             "FRoD": "FrodConfig", "GLoRA": "GloraConfig", "GraLoRA": "GraloraConfig", "HiRA": "HiraConfig",
-             "Lily": "LilyConfig", "OSF": "OSFConfig", "PEANuT": "PeanutConfig", "PSOFT": "PsoftConfig",
-             "PVeRA": "PveraConfig", "RandLoRA": "RandLoraConfig", "RoAd": "RoadConfig", "SHiRA": "ShiraConfig",
-             "SuperTuning": "SupertuningConfig", "TinyLoRA": "TinyLoraConfig", "UniLoRA": "UniLoraConfig",
-             "VB-LoRA": "VBLoRAConfig", "WaveFT": "WaveFTConfig", "AdaMSS": "AdamssConfig"}
-    extra = {"C3A": {"block_size": 32}, "VB-LoRA": {"vector_length": 32}}
-
-    def newer_config(class_name: str, display: str):
-        return lambda m, s: getattr(peft, class_name)(task_type=causal, target_modules=all_linear(m),
-                                                      **extra.get(display, {}))
-
-    return table | {display: newer_config(class_name, display) for display, class_name in newer.items()
-                    if hasattr(peft, class_name)}
-
-
-# (family, learning rate). One learning rate per method, from a short probe on the course LM
-# (25 steps, two candidates each): soft prompts and IA3 need much larger steps than LoRA.
-_FAMILIES = {
-    "LoRA": ("low-rank update", 3e-3), "AdaLoRA": ("low-rank update", 3e-3), "LoHa": ("low-rank update", 3e-3),
-    "LoKr": ("low-rank update", 3e-3), "VeRA": ("low-rank update", 1e-2),
-    "IA3": ("rescaling", 5e-2), "LN tuning": ("selective", 1e-2),
-    "MiSS": ("low-rank update", 3e-3), "HRA": ("orthogonal", 3e-3), "BOFT": ("orthogonal", 3e-3),
-    "OFT": ("orthogonal", 3e-3), "FourierFT": ("spectral", 1e-1),
-    "LLaMA-Adapter": ("soft prompt", 1e-2), "prefix tuning": ("soft prompt", 5e-2),
-    "prompt tuning": ("soft prompt", 1e-1), "P-tuning": ("soft prompt", 5e-2),
+# Family of each method, for the plots' colours.
+FAMILIES = {
+    "full fine-tuning": "all weights",
+    "BitFit": "selective",
+    "bottleneck adapter": "adapter",
+    "LoRA": "low-rank update",
+    "AdaLoRA": "low-rank update",
+    "LoHa": "low-rank update",
+    "LoKr": "low-rank update",
+    "VeRA": "low-rank update",
+    "MiSS": "low-rank update",
+    "IA3": "rescaling",
+    "LN tuning": "selective",
+    "HRA": "orthogonal",
+    "BOFT": "orthogonal",
+    "OFT": "orthogonal",
+    "FourierFT": "spectral",
+    "LLaMA-Adapter": "soft prompt",
+    "prefix tuning": "soft prompt",
+    "prompt tuning": "soft prompt",
+    "P-tuning": "soft prompt",
 }
+# One learning rate per method, from a short probe on the course LM (25 steps, two candidates
+# each): soft prompts and IA3 need much larger steps than LoRA. Newer peft methods get DEFAULT_LR.
+LEARNING_RATES = {
+    "full fine-tuning": 1e-3,
+    "BitFit": 3e-2,
+    "bottleneck adapter": 1e-2,
+    "LoRA": 3e-3,
+    "AdaLoRA": 3e-3,
+    "LoHa": 3e-3,
+    "LoKr": 3e-3,
+    "VeRA": 1e-2,
+    "MiSS": 3e-3,
+    "IA3": 5e-2,
+    "LN tuning": 1e-2,
+    "HRA": 3e-3,
+    "BOFT": 3e-3,
+    "OFT": 3e-3,
+    "FourierFT": 1e-1,
+    "LLaMA-Adapter": 1e-2,
+    "prefix tuning": 5e-2,
+    "prompt tuning": 1e-1,
+    "P-tuning": 5e-2,
+}
+DEFAULT_LR = 3e-3
 # Methods that need a set-up this task does not have: listed in the sweep with the reason.
 NOT_APPLICABLE = {
     "X-LoRA": "mixes several already-trained LoRA adapters with a learned gate",
@@ -417,16 +484,21 @@ NOT_APPLICABLE = {
 }
 
 
-def methods() -> dict[str, Method]:
-    """Every method the course compares, by display name (the notebook picks a few, the sweep runs all)."""
-    table = {"full fine-tuning": Method("full fine-tuning", "all weights", 1e-3, _full),
-             "BitFit": Method("BitFit", "selective", 3e-2, _bitfit, "zero biases added to every linear layer"),
-             "bottleneck adapter": Method("bottleneck adapter", "adapter", 1e-2, _bottleneck,
-                                          "course_lib, 16-wide, after each MLP")}
-    for name, factory in _configs().items():
-        family, lr = _FAMILIES.get(name, ("other (newer peft)", 3e-3))
-        table[name] = Method(name, family, lr, _peft(factory))
-    return table
+def _apply(model: nn.Module, method) -> nn.Module:
+    """A peft config through ``peft.get_peft_model`` (on a copy of the config, so one config
+    serves many models), or a function ``model -> model`` that makes a model trainable."""
+    if callable(method):
+        return method(model)
+    from peft import PeftConfig, get_peft_model
+
+    from .finetune import ignore_checkpointing_rename
+
+    if not isinstance(method, PeftConfig):
+        raise CourseError(
+            f"A method is a peft config or a function model -> model, got {type(method).__name__}."
+        )
+    with ignore_checkpointing_rename():
+        return get_peft_model(model, copy.deepcopy(method))
 
 
 def _adalora_hook(model) -> Callable[[int], None] | None:
@@ -450,33 +522,68 @@ def adapter_bytes(model: nn.Module) -> int:
         return sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
 
 
-def compare_methods(base_model: nn.Module, names: list[str], train: list[dict], held_out: list[dict],
-                    steps: int, batch_size: int = 16, seed: int = 0, progress: bool = True) -> list[dict]:
+def compare(
+    base_model: nn.Module,
+    methods: dict[str, Any],
+    train: list[dict],
+    held_out: list[dict],
+    steps: int,
+    batch_size: int = 16,
+    seed: int = 0,
+    learning_rates: dict[str, float] | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """Train a fresh copy of ``base_model`` with each method for ``steps`` steps and measure it.
 
-    The first row is the untouched base model (the baseline every method should beat).
-    Rows: method, family, trainable %, train seconds, held-out loss and token accuracy, adapter KB.
+    ``methods`` maps a display name to a ``peft`` config (applied with ``get_peft_model``) or to a
+    function ``model -> model`` that makes the parameters it trains require grad. Each trains at
+    ``learning_rates[name]`` (default: :data:`LEARNING_RATES`). The first row is the untouched
+    base model (the baseline every method should beat). Rows: method, family, trainable %,
+    train seconds, held-out loss and token accuracy, adapter KB.
     """
-    table = methods()
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        raise CourseError(f"Unknown method(s) {unknown}; choose from {sorted(table)}.")
+    rates = LEARNING_RATES if learning_rates is None else learning_rates
+    missing = [name for name in methods if name not in rates]
+    if missing:
+        raise CourseError(f"No learning rate for {missing}: pass learning_rates={{name: lr}}.")
     base = answer_metrics(base_model, held_out)
-    rows = [{"method": "base model (no training)", "family": "-", "trainable_%": 0.0, "train_s": 0.0,
-             "held_out_loss": round(base["loss"], 3), "token_accuracy": round(base["token_accuracy"], 3),
-             "adapter_KB": 0.0}]
-    for name in names:
-        method = table[name]
+    rows = [
+        {
+            "method": "base model (no training)",
+            "family": "-",
+            "trainable_%": 0.0,
+            "train_s": 0.0,
+            "held_out_loss": round(base["loss"], 3),
+            "token_accuracy": round(base["token_accuracy"], 3),
+            "adapter_KB": 0.0,
+        }
+    ]
+    for name, method in methods.items():
         torch.manual_seed(seed)
-        model = method.apply(copy.deepcopy(base_model), steps)
+        model = _apply(copy.deepcopy(base_model), method)
         counted = count_parameters(model)
-        trained = train_steps(model, train, steps, method.lr, batch_size, seed, _adalora_hook(model),
-                              progress=progress, desc=name)
+        trained = train_steps(
+            model,
+            train,
+            steps,
+            rates[name],
+            batch_size,
+            seed,
+            _adalora_hook(model),
+            progress=progress,
+            desc=name,
+        )
         measured = answer_metrics(model, held_out)
-        rows.append({"method": name, "family": method.family, "trainable_%": counted["trainable_%"],
-                     "train_s": round(trained["seconds"], 1), "held_out_loss": round(measured["loss"], 3),
-                     "token_accuracy": round(measured["token_accuracy"], 3),
-                     "adapter_KB": round(adapter_bytes(model) / 1e3, 1)})
+        rows.append(
+            {
+                "method": name,
+                "family": FAMILIES.get(name, "other (newer peft)"),
+                "trainable_%": counted["trainable_%"],
+                "train_s": round(trained["seconds"], 1),
+                "held_out_loss": round(measured["loss"], 3),
+                "token_accuracy": round(measured["token_accuracy"], 3),
+                "adapter_KB": round(adapter_bytes(model) / 1e3, 1),
+            }
+        )
         del model
     return rows
 
@@ -484,29 +591,13 @@ def compare_methods(base_model: nn.Module, names: list[str], train: list[dict], 
 # ---------------------------------------------------------------------------------------------
 # LoRA in depth
 # ---------------------------------------------------------------------------------------------
-def lora(model: nn.Module, r: int = 8, alpha: int = 16, scope: str = "all-linear", adapter_name: str = "default"):
-    """``get_peft_model`` with a LoRA of rank ``r`` and scale ``alpha / r`` on :func:`lora_target_modules`.
-
-    Causal LMs get ``task_type=CAUSAL_LM``; other models (an encoder) a plain ``PeftModel``.
-    GPT-2's ``Conv1D`` stores its weight transposed, which ``fan_in_fan_out=True`` tells peft.
-    """
-    from peft import LoraConfig, TaskType
-    from transformers.pytorch_utils import Conv1D
-
-    targets = lora_target_modules(model, scope)
-    transposed = any(isinstance(m, Conv1D) and n.split(".")[-1] in targets for n, m in model.named_modules())
-    causal = hasattr(model, "prepare_inputs_for_generation")
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM if causal else None, r=r, lora_alpha=alpha,
-                        target_modules=targets, fan_in_fan_out=transposed)
-    return get_peft_model(model, config, adapter_name=adapter_name)
-
-
 @torch.no_grad()
 def merge_equivalence(peft_model, input_ids: torch.Tensor, repeats: int = 5) -> dict[str, float]:
     """Merge a copy of a LoRA model (``merge_and_unload``) and compare: the largest logit
     difference, and the forward time of each (the merged model has no extra matmuls)."""
     peft_model.eval()
     merged = copy.deepcopy(peft_model).merge_and_unload().eval()
+    input_ids = input_ids.to(device_of(peft_model))
 
     def timed(model) -> tuple[torch.Tensor, float]:
         logits = model(input_ids=input_ids).logits
@@ -517,48 +608,55 @@ def merge_equivalence(peft_model, input_ids: torch.Tensor, repeats: int = 5) -> 
 
     adapter_logits, adapter_ms = timed(peft_model)
     merged_logits, merged_ms = timed(merged)
-    return {"max_abs_logit_difference": float((adapter_logits - merged_logits).abs().max()),
-            "forward_ms_with_adapter": round(adapter_ms, 2), "forward_ms_merged": round(merged_ms, 2),
-            "merged_type": type(merged).__name__}
+    return {
+        "max_abs_logit_difference": float((adapter_logits - merged_logits).abs().max()),
+        "forward_ms_with_adapter": round(adapter_ms, 2),
+        "forward_ms_merged": round(merged_ms, 2),
+        "merged_type": type(merged).__name__,
+    }
 
 
 def tiny_model(model_type: str, seed: int = 0) -> nn.Module:
     """A small randomly initialised model of a famous architecture, built from its config (no
     download): ``gpt2``, ``llama`` or ``bert``. For looking at module names, not for training."""
-    from transformers import (AutoModel, AutoModelForCausalLM, BertConfig, GPT2Config, LlamaConfig)
+    from transformers import AutoModel, AutoModelForCausalLM, BertConfig, GPT2Config, LlamaConfig
 
     configs = {
-        "gpt2": (GPT2Config(vocab_size=256, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
-                            eos_token_id=0),
-                 AutoModelForCausalLM),
-        "llama": (LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64),
-                  AutoModelForCausalLM),
-        "bert": (BertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=64), AutoModel),
+        "gpt2": (
+            GPT2Config(
+                vocab_size=256, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+            ),
+            AutoModelForCausalLM,
+        ),
+        "llama": (
+            LlamaConfig(
+                vocab_size=256,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+            ),
+            AutoModelForCausalLM,
+        ),
+        "bert": (
+            BertConfig(
+                vocab_size=256,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+            ),
+            AutoModel,
+        ),
     }
     if model_type not in configs:
         raise CourseError(f"Unknown model_type {model_type!r}; choose from {sorted(configs)}.")
     config, auto_class = configs[model_type]
     torch.manual_seed(seed)
     return auto_class.from_config(config).eval()
-
-
-def train_task_adapters(base_model: nn.Module, train_sets: dict[str, list[dict]], steps: int,
-                        lr: float = 1e-2, r: int = 8, alpha: int = 16, batch_size: int = 16, seed: int = 0,
-                        progress: bool = True):
-    """One base model, one LoRA adapter per task: a ``PeftModel`` whose adapters are named after
-    the keys of ``train_sets``, each trained only on its own examples (the base stays frozen)."""
-    names = list(train_sets)
-    if not names:
-        raise ValueError("train_sets is empty: give at least one task name -> examples.")
-    model = lora(base_model, r, alpha, adapter_name=names[0])
-    for name in names[1:]:
-        model.add_adapter(name, copy.deepcopy(model.peft_config[names[0]]))
-    for name in names:
-        model.set_adapter(name)  # makes this adapter the active and only trainable one
-        train_steps(model, train_sets[name], steps, lr, batch_size, seed, progress=progress, desc=name)
-    return model
 
 
 def adapter_parameter_counts(peft_model) -> dict[str, int]:
@@ -576,34 +674,62 @@ def adapter_task_matrix(peft_model, eval_sets: dict[str, list[dict]]) -> list[di
     one row per adapter, one column per task."""
     rows = []
     with peft_model.disable_adapter():
-        rows.append({"adapter": "none (base model)",
-                     **{task: round(answer_metrics(peft_model, ex)["loss"], 3) for task, ex in eval_sets.items()}})
+        rows.append(
+            {
+                "adapter": "none (base model)",
+                **{task: round(answer_metrics(peft_model, ex)["loss"], 3) for task, ex in eval_sets.items()},
+            }
+        )
     for name in peft_model.peft_config:
         peft_model.set_adapter(name, inference_mode=True)
-        rows.append({"adapter": name,
-                     **{task: round(answer_metrics(peft_model, ex)["loss"], 3) for task, ex in eval_sets.items()}})
+        rows.append(
+            {
+                "adapter": name,
+                **{task: round(answer_metrics(peft_model, ex)["loss"], 3) for task, ex in eval_sets.items()},
+            }
+        )
     return rows
 
 
-def lora_grid(base_model: nn.Module, train: list[dict], held_out: list[dict], steps: int,
-              ranks=(1, 4, 16, 64), alphas=(4, 16, 64), lr: float = 3e-3, batch_size: int = 16,
-              seed: int = 0, progress: bool = True) -> list[dict]:
+def lora_grid(
+    base_model: nn.Module,
+    train: list[dict],
+    held_out: list[dict],
+    steps: int,
+    ranks=(1, 4, 16, 64),
+    alphas=(4, 16, 64),
+    lr: float = 3e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
     """LoRA (all linear layers) for every rank x alpha, same data, steps and learning rate.
 
     The update is scaled by ``alpha / r``: at a fixed alpha, a larger rank takes smaller steps per
     direction; at a fixed rank, a larger alpha acts like a larger learning rate.
     """
+    from peft import LoraConfig
+
+    targets = lora_target_modules(base_model, "all-linear")
     rows = []
     for r in ranks:
         for alpha in alphas:
             torch.manual_seed(seed)
-            model = lora(copy.deepcopy(base_model), r, alpha)
-            trained = train_steps(model, train, steps, lr, batch_size, seed, progress=progress,
-                                  desc=f"LoRA r={r} alpha={alpha}")
-            rows.append({"r": r, "alpha": alpha, "scale": alpha / r,
-                         "trainable_%": count_parameters(model)["trainable_%"],
-                         "train_s": round(trained["seconds"], 1),
-                         "held_out_loss": round(answer_metrics(model, held_out)["loss"], 3)})
+            config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, target_modules=targets)
+            model = _apply(copy.deepcopy(base_model), config)
+            trained = train_steps(
+                model, train, steps, lr, batch_size, seed, progress=progress, desc=f"LoRA r={r} alpha={alpha}"
+            )
+            rows.append(
+                {
+                    "r": r,
+                    "alpha": alpha,
+                    "scale": alpha / r,
+                    "trainable_%": count_parameters(model)["trainable_%"],
+                    "train_s": round(trained["seconds"], 1),
+                    "held_out_loss": round(answer_metrics(model, held_out)["loss"], 3),
+                }
+            )
     return rows
 
 
@@ -614,18 +740,31 @@ def machine_info() -> dict[str, Any]:
     """Where a benchmark ran: CPU, cores, threads, OS, Python and library versions, date (UTC)."""
     from .env import cpu_name, load_average, versions
 
-    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "platform": platform.platform(), "processor": cpu_name(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1min": load_average(),
-            "python": platform.python_version(), "versions": versions()}
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "platform": platform.platform(),
+        "processor": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": load_average(),
+        "python": platform.python_version(),
+        "versions": versions(),
+    }
 
 
-def run_sweep(steps: int = 60, batch_size: int = 16, train_limit: int = 2000, held_out_limit: int = 256,
-              names: list[str] | None = None, ranks=(2, 8, 32), alphas=(4, 16, 64), seed: int = 0,
-              progress: bool = True) -> dict[str, Any]:
-    """Every method of :func:`methods`, then the LoRA rank x alpha grid (:func:`lora_grid`), on the
-    chapter's task with one budget (``steps``); returns a JSON-ready dict.
+def run_sweep(
+    steps: int = 60,
+    batch_size: int = 16,
+    train_limit: int = 2000,
+    held_out_limit: int = 256,
+    names: list[str] | None = None,
+    ranks=(2, 8, 32),
+    alphas=(4, 16, 64),
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every method of :func:`sweep_methods`, then the LoRA rank x alpha grid (:func:`lora_grid`), on
+    the chapter's task with one budget (``steps``); returns a JSON-ready dict.
 
     ``machine`` is recorded when the run starts; ``load_average_1min_at_end`` and ``wall_minutes``
     say how busy the machine was (train times are wall-clock, so they depend on it).
@@ -637,26 +776,54 @@ def run_sweep(steps: int = 60, batch_size: int = 16, train_limit: int = 2000, he
     train = task_examples(tokenizer, "train", limit=train_limit, seed=seed)
     held_out = task_examples(tokenizer, "validation", limit=held_out_limit, seed=seed)
     base = load_model("causal-lm")
-    chosen = names or list(methods())
+    table = sweep_methods(base, steps)
+    chosen = names or list(table)
+    unknown = [name for name in chosen if name not in table]
+    if unknown:
+        raise CourseError(f"Unknown method(s) {unknown}; choose from {sorted(table)}.")
+    rates = {name: LEARNING_RATES.get(name, DEFAULT_LR) for name in chosen}
     rows = []
     for name in chosen:  # one at a time, so one failing method is recorded rather than fatal
         try:
-            rows += compare_methods(base, [name], train, held_out, steps, batch_size, seed, progress)[1:]
+            rows += compare(
+                base, {name: table[name]}, train, held_out, steps, batch_size, seed, rates, progress
+            )[1:]
         except Exception as error:  # noqa: BLE001 - recorded in the results, shown in the book
-            rows.append({"method": name, "family": methods()[name].family,
-                         "error": f"{type(error).__name__}: {str(error)[:200]}"})
+            rows.append(
+                {
+                    "method": name,
+                    "family": FAMILIES.get(name, "other (newer peft)"),
+                    "error": f"{type(error).__name__}: {str(error)[:200]}",
+                }
+            )
     baseline = answer_metrics(base, held_out)
-    grid = lora_grid(base, train, held_out, steps, ranks, alphas, methods()["LoRA"].lr, batch_size, seed,
-                     progress) if ranks and alphas else []
-    return {"task": "sft-data, chat format, loss on answer tokens", "model_role": "causal-lm",
-            "steps": steps, "batch_size": batch_size, "train_examples": len(train),
-            "held_out_examples": len(held_out), "seed": seed, "machine": started,
-            "load_average_1min_at_end": machine_info()["load_average_1min"],
-            "wall_minutes": round((time.perf_counter() - start) / 60, 1),
-            "baseline": {"held_out_loss": round(baseline["loss"], 3),
-                         "token_accuracy": round(baseline["token_accuracy"], 3)},
-            "learning_rates": {name: methods()[name].lr for name in chosen},
-            "rows": rows, "not_applicable": NOT_APPLICABLE, "lora_grid": grid}
+    grid = (
+        lora_grid(
+            base, train, held_out, steps, ranks, alphas, LEARNING_RATES["LoRA"], batch_size, seed, progress
+        )
+        if ranks and alphas
+        else []
+    )
+    return {
+        "task": "sft-data, chat format, loss on answer tokens",
+        "model_role": "causal-lm",
+        "steps": steps,
+        "batch_size": batch_size,
+        "train_examples": len(train),
+        "held_out_examples": len(held_out),
+        "seed": seed,
+        "machine": started,
+        "load_average_1min_at_end": machine_info()["load_average_1min"],
+        "wall_minutes": round((time.perf_counter() - start) / 60, 1),
+        "baseline": {
+            "held_out_loss": round(baseline["loss"], 3),
+            "token_accuracy": round(baseline["token_accuracy"], 3),
+        },
+        "learning_rates": rates,
+        "rows": rows,
+        "not_applicable": NOT_APPLICABLE,
+        "lora_grid": grid,
+    }
 
 
 def write_sweep(results: dict[str, Any], path: str | Path = SWEEP_FILE) -> Path:
@@ -679,20 +846,27 @@ def find_sweep_file(path: str | Path | None = None) -> Path:
         candidates.append(Path(os.environ[SWEEP_ENV]))
     from .assets.cache import cache_root
 
-    candidates += [Path.cwd() / SWEEP_FILE, Path.cwd().parent / SWEEP_FILE,
-                   Path(__file__).resolve().parents[1] / SWEEP_FILE, cache_root() / "downloads" / SWEEP_FILE.name]
+    candidates += [
+        Path.cwd() / SWEEP_FILE,
+        Path.cwd().parent / SWEEP_FILE,
+        Path(__file__).resolve().parents[1] / SWEEP_FILE,
+        cache_root() / "downloads" / SWEEP_FILE.name,
+    ]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    advice = ("Run `python -m course_lib peft-sweep` from the repository root (tens of minutes on 2 CPU "
-              "cores), or point $COURSE_PEFT_SWEEP at a results file.")
+    advice = (
+        "Run `python -m course_lib peft-sweep` from the repository root (tens of minutes on 2 CPU "
+        "cores), or point $COURSE_PEFT_SWEEP at a results file."
+    )
     if hub_is_offline():
         raise CourseError(f"No PEFT sweep results found (looked in {[str(c) for c in candidates]}). {advice}")
     try:
         return download_sweep()
     except (OSError, ValueError) as error:
-        raise CourseError(f"No PEFT sweep results found locally, and downloading {SWEEP_URL} failed "
-                          f"({error}). {advice}") from None
+        raise CourseError(
+            f"No PEFT sweep results found locally, and downloading {SWEEP_URL} failed ({error}). {advice}"
+        ) from None
 
 
 def download_sweep(url: str | None = None, timeout: float = 20) -> Path:
@@ -741,15 +915,21 @@ def trainable_tensors(model: nn.Module) -> list[dict]:
         if not param.requires_grad:
             continue
         pattern = re.sub(r"\.\d+\.", ".*.", name.replace("base_model.model.", ""))
-        group = groups.setdefault(pattern, {"trainable tensors": pattern, "count": 0, "parameters": 0,
-                                            "shape": tuple(param.shape)})
+        group = groups.setdefault(
+            pattern, {"trainable tensors": pattern, "count": 0, "parameters": 0, "shape": tuple(param.shape)}
+        )
         group["count"] += 1
         group["parameters"] += param.numel()
     return list(groups.values())
 
 
-def plot_tradeoff(rows: list[dict], title: str, baseline: float | None = None, max_labels: int = 12,
-                  label: list[str] | set[str] | None = None):
+def plot_tradeoff(
+    rows: list[dict],
+    title: str,
+    baseline: float | None = None,
+    max_labels: int = 12,
+    label: list[str] | set[str] | None = None,
+):
     """Held-out loss against trainable % (log scale), one point per method, coloured by family.
 
     ``label`` names the methods to write next to their points; by default the best ``max_labels``
@@ -757,8 +937,10 @@ def plot_tradeoff(rows: list[dict], title: str, baseline: float | None = None, m
     """
     import matplotlib.pyplot as plt
 
-    done = sorted((r for r in rows if "error" not in r and r.get("trainable_%", 0) > 0),
-                  key=lambda r: r["held_out_loss"])
+    done = sorted(
+        (r for r in rows if "error" not in r and r.get("trainable_%", 0) > 0),
+        key=lambda r: r["held_out_loss"],
+    )
     if not done:
         raise CourseError("No method with results to plot (every row failed or trains nothing).")
     families = list(dict.fromkeys(r["family"] for r in done))
@@ -766,12 +948,22 @@ def plot_tradeoff(rows: list[dict], title: str, baseline: float | None = None, m
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for index, family in enumerate(families):
         members = [r for r in done if r["family"] == family]
-        ax.scatter([r["trainable_%"] for r in members], [r["held_out_loss"] for r in members],
-                   color=colours(index % 10), label=family, s=28)
+        ax.scatter(
+            [r["trainable_%"] for r in members],
+            [r["held_out_loss"] for r in members],
+            color=colours(index % 10),
+            label=family,
+            s=28,
+        )
     named = [r for r in done if r["method"] in set(label)] if label is not None else done[:max_labels]
     for r in named:
-        ax.annotate(r["method"], (r["trainable_%"], r["held_out_loss"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            r["method"],
+            (r["trainable_%"], r["held_out_loss"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     if baseline is not None:
         ax.axhline(baseline, color="grey", linestyle="--", label="base model (no training)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -806,8 +998,15 @@ def plot_lora_grid(rows: list[dict], title: str = "LoRA: held-out loss by rank a
     low, high = min(min(v) for v in values), max(max(v) for v in values)
     for i, row in enumerate(values):
         for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.3f}\n(x{alphas[j] / ranks[i]:g})", ha="center", va="center", fontsize=8,
-                    color="white" if value > (low + high) / 2 else "black")
+            ax.text(
+                j,
+                i,
+                f"{value:.3f}\n(x{alphas[j] / ranks[i]:g})",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if value > (low + high) / 2 else "black",
+            )
     ax.set_title(title)
     fig.colorbar(image, ax=ax, shrink=0.8, label="held-out loss")
     fig.tight_layout()

@@ -4,14 +4,14 @@
   (:func:`clean_corpus` reports the counts after each step); :func:`simulate_crawl`
   adds known noise to a clean corpus so the pipeline can be checked against it;
 * chat data: :func:`sft_messages` turns an instruction row into system/user/assistant
-  messages, :func:`render_chat` applies the tokenizer's chat template;
+  messages;
 * tokenisation and packing into fixed blocks (:func:`tokenize_and_pack`) and what
   padding one document per row would cost instead (:func:`padding_cost`);
-* labels: :func:`causal_lm_labels` (no shift: the model shifts), :func:`hand_shifted_labels`
-  (the classic double-shift mistake), :func:`causal_lm_loss` (the model's internal shift,
-  written out), :func:`tokenize_chat` (assistant-only labels) and :func:`collate_causal`
-  (padding that carries no loss).
+* labels: :func:`causal_lm_labels` (no shift: the model shifts), :func:`tokenize_chat`
+  (assistant-only labels) and :func:`pad_features` (padding that carries no loss, for code
+  without a tokenizer; chapter 6 pads with ``transformers.DataCollatorForSeq2Seq``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,11 +31,20 @@ _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _BLANK_RUN = re.compile(r"\n{3,}")
 _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")  # marks assistant text in a chat template
 # Short page furniture of the kind a web crawl is full of; all shorter than the default min_chars.
-BOILERPLATE = ("Skip to main content", "Cookie settings", "Page 2 of 7", "Previous | Next | Index",
-               "Log in to reply", "Share this page", "Loading...", "Copyright 2001-2024. All rights reserved.")
+BOILERPLATE = (
+    "Skip to main content",
+    "Cookie settings",
+    "Page 2 of 7",
+    "Previous | Next | Index",
+    "Log in to reply",
+    "Share this page",
+    "Loading...",
+    "Copyright 2001-2024. All rights reserved.",
+)
 
 
 # --- corpus hygiene -------------------------------------------------------------------------------
+
 
 def clean_text(text: str) -> str:
     """Unicode NFC, no control characters, ``\\n`` line ends, no trailing spaces, at most one blank
@@ -64,20 +73,24 @@ def exact_dedup(rows: list[dict], text_column: str = "text") -> list[dict]:
     return kept
 
 
-def clean_corpus(rows: Iterable[dict], text_column: str = "text", min_chars: int = 100,
-                 max_chars: int | None = None) -> tuple[list[dict], list[dict]]:
+def clean_corpus(
+    rows: Iterable[dict], text_column: str = "text", min_chars: int = 100, max_chars: int | None = None
+) -> tuple[list[dict], list[dict]]:
     """Clean, drop empty rows, exact-dedup and length-filter documents.
 
     Dedup runs after cleaning, so copies that differ only in whitespace or control
     characters count as duplicates. Returns ``(kept rows, one count row per step)``.
     """
     if min_chars < 0 or (max_chars is not None and max_chars < min_chars):
-        raise ValueError(f"Need 0 <= min_chars <= max_chars, got min_chars={min_chars}, "
-                         f"max_chars={max_chars}.")
+        raise ValueError(
+            f"Need 0 <= min_chars <= max_chars, got min_chars={min_chars}, max_chars={max_chars}."
+        )
     rows = list(rows)
     if rows and text_column not in rows[0]:
-        raise CourseError(f"No column {text_column!r}; the rows have {sorted(rows[0])}. "
-                          "Pass text_column= with the column that holds the text.")
+        raise CourseError(
+            f"No column {text_column!r}; the rows have {sorted(rows[0])}. "
+            "Pass text_column= with the column that holds the text."
+        )
     steps = [_count("raw", rows, text_column, len(rows))]
     cleaned = [row | {text_column: clean_text(row[text_column])} for row in rows]
     cleaned = [row for row in cleaned if row[text_column]]
@@ -92,13 +105,23 @@ def clean_corpus(rows: Iterable[dict], text_column: str = "text", min_chars: int
 
 
 def _count(step: str, rows: list[dict], text_column: str, before: int) -> dict:
-    return {"step": step, "documents": len(rows), "removed": before - len(rows),
-            "characters": sum(len(row[text_column]) for row in rows)}
+    return {
+        "step": step,
+        "documents": len(rows),
+        "removed": before - len(rows),
+        "characters": sum(len(row[text_column]) for row in rows),
+    }
 
 
-def simulate_crawl(rows: Iterable[dict], seed: int = 0, duplicate_fraction: float = 0.15,
-                   variant_fraction: float = 0.1, control_fraction: float = 0.05, empty_rows: int = 12,
-                   text_column: str = "text") -> tuple[list[dict], dict]:
+def simulate_crawl(
+    rows: Iterable[dict],
+    seed: int = 0,
+    duplicate_fraction: float = 0.15,
+    variant_fraction: float = 0.1,
+    control_fraction: float = 0.05,
+    empty_rows: int = 12,
+    text_column: str = "text",
+) -> tuple[list[dict], dict]:
     """A noisy copy of a clean corpus, with the noise counted, to test a cleaning pipeline on.
 
     Adds exact copies of some documents, copies that differ only in whitespace
@@ -126,13 +149,18 @@ def simulate_crawl(rows: Iterable[dict], seed: int = 0, duplicate_fraction: floa
     boilerplate = [template | {text_column: line} for line in BOILERPLATE]
     out += copies + variants + empties + boilerplate
     rng.shuffle(out)
-    injected = {"exact copies": len(copies), "whitespace variants": len(variants),
-                "control characters (in place)": int(control_fraction * len(rows)),
-                "empty rows": len(empties), "boilerplate lines": len(boilerplate)}
+    injected = {
+        "exact copies": len(copies),
+        "whitespace variants": len(variants),
+        "control characters (in place)": int(control_fraction * len(rows)),
+        "empty rows": len(empties),
+        "boilerplate lines": len(boilerplate),
+    }
     return out, injected
 
 
 # --- chat data ------------------------------------------------------------------------------------
+
 
 def sft_messages(row: dict, system: str | None = SYSTEM_PROMPT) -> list[dict]:
     """An instruction row (``instruction``, optional ``input``, ``output``) as chat messages."""
@@ -144,15 +172,8 @@ def sft_messages(row: dict, system: str | None = SYSTEM_PROMPT) -> list[dict]:
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
 
 
-def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The conversation as the model sees it: the tokenizer's chat template, as text."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise CourseError("This tokenizer has no chat template; set tokenizer.chat_template first "
-                          "(a base model's tokenizer usually has none).")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
 # --- tokenise and pack ----------------------------------------------------------------------------
+
 
 def group_texts(sequences: Iterable[list[int]], block_size: int) -> list[list[int]]:
     """Concatenate token sequences and cut them into full blocks of ``block_size`` (tail dropped)."""
@@ -160,7 +181,7 @@ def group_texts(sequences: Iterable[list[int]], block_size: int) -> list[list[in
         raise ValueError(f"block_size must be >= 1, got {block_size}.")
     stream = [token for sequence in sequences for token in sequence]
     usable = len(stream) // block_size * block_size
-    return [stream[start: start + block_size] for start in range(0, usable, block_size)]
+    return [stream[start : start + block_size] for start in range(0, usable, block_size)]
 
 
 def tokenize_and_pack(dataset, tokenizer, block_size: int = 128, text_column: str = "text"):
@@ -188,15 +209,23 @@ def padding_cost(lengths: list[int], block_size: int) -> list[dict]:
     one_per_row_lost = sum(max(n - block_size, 0) for n in lengths)
     packed_rows = total // block_size
     return [
-        {"layout": "one document per row", "rows": len(lengths),
-         "padding %": round(100 * one_per_row_padding / (len(lengths) * block_size), 1),
-         "tokens lost %": round(100 * one_per_row_lost / total, 1)},
-        {"layout": "packed blocks", "rows": packed_rows, "padding %": 0.0,
-         "tokens lost %": round(100 * (total - packed_rows * block_size) / total, 1)},
+        {
+            "layout": "one document per row",
+            "rows": len(lengths),
+            "padding %": round(100 * one_per_row_padding / (len(lengths) * block_size), 1),
+            "tokens lost %": round(100 * one_per_row_lost / total, 1),
+        },
+        {
+            "layout": "packed blocks",
+            "rows": packed_rows,
+            "padding %": 0.0,
+            "tokens lost %": round(100 * (total - packed_rows * block_size) / total, 1),
+        },
     ]
 
 
 # --- labels ---------------------------------------------------------------------------------------
+
 
 def causal_lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Labels for a causal LM: the input ids themselves, NOT shifted (the model shifts them
@@ -205,23 +234,6 @@ def causal_lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     if attention_mask is not None:
         labels[attention_mask == 0] = IGNORE_INDEX
     return labels
-
-
-def hand_shifted_labels(input_ids: torch.Tensor) -> torch.Tensor:
-    """The classic mistake: shifting labels by hand (``labels[t] = input_ids[t + 1]``). Passed as
-    ``labels=``, the model shifts again, so position t is trained to predict token t + 2."""
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    labels[..., :-1] = input_ids[..., 1:]
-    return labels
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The loss a Hugging Face causal LM computes from unshifted ``labels``, written out:
-    the logits at position t are scored against the label at t + 1; ignored labels are skipped,
-    and the mean is over the tokens that carry loss."""
-    shifted_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1]).float()
-    shifted_labels = labels[..., 1:].reshape(-1)
-    return torch.nn.functional.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX)
 
 
 def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> dict[str, list[int]]:
@@ -236,20 +248,26 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None
     if not template:
         raise CourseError("This tokenizer has no chat template; set tokenizer.chat_template first.")
     if _GENERATION_TAG.search(template):
-        encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                                return_assistant_tokens_mask=True)
+        encoded = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         ids, mask = list(encoded["input_ids"]), list(encoded["assistant_masks"])
     else:
         if [m["role"] for m in messages].count("assistant") != 1 or messages[-1]["role"] != "assistant":
-            raise CourseError("Without {% generation %} markers in the chat template, only a conversation "
-                              "ending with its single assistant turn can be masked.")
+            raise CourseError(
+                "Without {% generation %} markers in the chat template, only a conversation "
+                "ending with its single assistant turn can be masked."
+            )
         ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, return_dict=True,
-                                               add_generation_prompt=True)["input_ids"]
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"]
         mask = [0] * len(prompt) + [1] * (len(ids) - len(prompt))
     if not any(mask):
-        raise CourseError("No token of this conversation belongs to an assistant turn: nothing would "
-                          "carry loss. Does the conversation have an assistant message?")
+        raise CourseError(
+            "No token of this conversation belongs to an assistant turn: nothing would "
+            "carry loss. Does the conversation have an assistant message?"
+        )
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
     labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask)]
@@ -263,20 +281,14 @@ def loss_tokens_text(tokenizer, input_ids, labels) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def collate_causal(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
-    """Right-pad a list of ``{"input_ids", "labels"}`` examples into a batch: pad id in
+def pad_features(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``{"input_ids", "labels"}`` examples into a CPU batch: ``pad_token_id`` in
     ``input_ids``, 0 in ``attention_mask``, :data:`IGNORE_INDEX` in ``labels`` (no loss on padding).
 
-    Examples without ``labels`` get :func:`causal_lm_labels`.
+    For code that has token ids but no tokenizer (the evaluators); with a tokenizer, use
+    ``transformers.DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)`` (chapter 6).
+    Examples without ``labels`` are labelled with their own ids. Move the batch to the model's device.
     """
-    if tokenizer.pad_token_id is None:
-        raise CourseError("The tokenizer has no pad token. Set one (e.g. tokenizer.pad_token = "
-                          "tokenizer.eos_token) before batching examples of different lengths.")
-    return pad_features(features, tokenizer.pad_token_id)
-
-
-def pad_features(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """:func:`collate_causal` given the pad id itself (for code that has token ids but no tokenizer)."""
     if not features:
         raise ValueError("Need at least one example to make a batch.")
     width = max(len(f["input_ids"]) for f in features)
@@ -293,16 +305,25 @@ def pad_features(features: list[dict], pad_token_id: int) -> dict[str, torch.Ten
 
 # --- reports for the chapter ----------------------------------------------------------------------
 
+
 def label_alignment(tokenizer, input_ids: torch.Tensor, positions: int = 6) -> list[dict]:
     """For the first ``positions`` tokens of a 1-D sequence: the input token, the target the model
     trains it on with unshifted labels (the next token), and the one after a hand shift (two ahead)."""
     ids = [int(t) for t in input_ids]
     if len(ids) < positions + 2:
-        raise ValueError(f"Need at least {positions + 2} tokens to show {positions} positions, got {len(ids)}.")
+        raise ValueError(
+            f"Need at least {positions + 2} tokens to show {positions} positions, got {len(ids)}."
+        )
     token = tokenizer.convert_ids_to_tokens
-    return [{"position": t, "input token": token(ids[t]),
-             "target with labels=input_ids": token(ids[t + 1]),
-             "target with hand-shifted labels": token(ids[t + 2])} for t in range(positions)]
+    return [
+        {
+            "position": t,
+            "input token": token(ids[t]),
+            "target, labels = ids": token(ids[t + 1]),
+            "target, hand-shifted": token(ids[t + 2]),
+        }
+        for t in range(positions)
+    ]
 
 
 def assistant_loss_report(tokenizer, rows: Iterable[dict], system: str | None = SYSTEM_PROMPT) -> dict:
@@ -318,12 +339,17 @@ def assistant_loss_report(tokenizer, rows: Iterable[dict], system: str | None = 
         with_loss += sum(label != IGNORE_INDEX for label in encoded["labels"])
         if taught.startswith(row["output"]):
             matched += 1
-            ending = taught[len(row["output"]):]
+            ending = taught[len(row["output"]) :]
             endings[ending] = endings.get(ending, 0) + 1
         count += 1
-    return {"conversations": count, "tokens": tokens, "tokens with loss": with_loss,
-            "loss share %": round(100 * with_loss / tokens, 1), "loss text = the answer + ...": matched,
-            "what follows the answer": ", ".join(f"{e!r} ({n})" for e, n in endings.items())}
+    return {
+        "conversations": count,
+        "tokens": tokens,
+        "tokens with loss": with_loss,
+        "loss share %": round(100 * with_loss / tokens, 1),
+        "loss text starts with the answer": matched,
+        "what follows the answer": ", ".join(f"{e!r} ({n})" for e, n in endings.items()),
+    }
 
 
 @torch.no_grad()

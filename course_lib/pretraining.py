@@ -1,16 +1,19 @@
-"""Pretrain a fresh model of the course LM's architecture with 🤗 ``Trainer``, and look inside the run.
+"""What chapter 7 needs around its pretraining run, except the run itself.
 
-The model, the packing and the perplexity come from :mod:`course_lib.assets.pretrain` (the code
-that built the course's own checkpoint); this module adds what a chapter needs around ``Trainer``:
+The chapter writes the lesson on its page: ``LlamaConfig``, ``LlamaForCausalLM``,
+``TrainingArguments``, ``DataCollatorForLanguageModeling``, ``Trainer`` and ``trainer.train()``.
+Held-out perplexity comes from :mod:`course_lib.evaluation` (the one evaluator, the same
+measurement as chapter 1). This module keeps the assets and the reporting:
 
 * :func:`train_course_tokenizer` and :func:`tokenizer_table` (vocabulary size against
-  characters per token and embedding parameters);
-* :func:`block_dataset`, :func:`pretraining_arguments` and :func:`pretrain` (a seeded, fixed-step run
-  that saves weights-only checkpoints);
+  characters per token and embedding parameters); :func:`corpus_texts`;
+* :class:`ProgressBarCallback`: one progress bar with the latest loss, instead of a printed dict
+  per log line;
 * :func:`loss_curve`, :func:`checkpoint_folders`, :func:`checkpoint_row` / :func:`evaluate_checkpoints`
   (held-out perplexity and a greedy sample per checkpoint) and :func:`loss_series` for a plot;
 * :func:`course_checkpoint`: the course's longer-trained checkpoint, as the reference to compare with.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,21 +24,25 @@ import torch
 from transformers import TrainerCallback
 
 from . import assets
-from .assets.pretrain import MODEL_CONFIG, block_perplexity, new_model, pack_blocks, tokenize_split
+from .assets.pretrain import MODEL_CONFIG
+from .evaluation import held_out_perplexity
 from .generation import generate_text
-from .prep import causal_lm_labels
 from .profiles import CourseError
 
-__all__ = ["MODEL_CONFIG", "SETTINGS", "block_dataset", "block_perplexity", "checkpoint_folders",
-           "checkpoint_row", "course_checkpoint", "evaluate_checkpoints", "loss_curve", "new_model",
-           "pack_blocks", "loss_series", "corpus_texts", "ProgressBarCallback", "pretrain", "pretraining_arguments", "tokenize_split",
-           "tokenizer_table", "train_course_tokenizer"]
+__all__ = [
+    "HELD_OUT",
+    "ProgressBarCallback",
+    "checkpoint_folders",
+    "checkpoint_row",
+    "corpus_texts",
+    "course_checkpoint",
+    "evaluate_checkpoints",
+    "loss_curve",
+    "loss_series",
+    "tokenizer_table",
+    "train_course_tokenizer",
+]
 
-# What learns fastest per second on 2 CPU cores for this 1.4M-parameter model (see assets.pretrain):
-# a high constant learning rate after a short warm-up; AdamW with beta2 0.95 (steadier on small batches).
-SETTINGS = {"batch_size": 8, "block_size": 128, "learning_rate": 2e-3, "warmup_steps": 20,
-            "lr_scheduler_type": "constant_with_warmup", "weight_decay": 0.01, "adam_beta2": 0.95,
-            "max_grad_norm": 1.0}
 HELD_OUT = "held-out loss at checkpoints"
 
 
@@ -52,81 +59,36 @@ def train_course_tokenizer(out_folder: Path, vocab_size: int = 4096):
     return AutoTokenizer.from_pretrained(out_folder)
 
 
-def tokenizer_table(tokenizers: dict[str, object], texts: list[str],
-                    hidden_size: int = MODEL_CONFIG["hidden_size"]) -> list[dict]:
+def tokenizer_table(
+    tokenizers: dict[str, object], texts: list[str], hidden_size: int = MODEL_CONFIG["hidden_size"]
+) -> list[dict]:
     """One row per tokenizer: vocabulary, characters per token on ``texts``, and the parameters its
     embedding matrix costs at ``hidden_size`` (tied input/output embeddings: counted once)."""
     characters = sum(len(text) for text in texts)
     rows = []
     for name, tokenizer in tokenizers.items():
-        n_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])
-        rows.append({"tokenizer": name, "vocabulary": len(tokenizer), "tokens": n_tokens,
-                     "characters per token": round(characters / n_tokens, 2),
-                     "embedding parameters": len(tokenizer) * hidden_size})
+        n_tokens = sum(
+            len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        )
+        rows.append(
+            {
+                "tokenizer": name,
+                "vocabulary": len(tokenizer),
+                "tokens": n_tokens,
+                "characters per token": round(characters / n_tokens, 2),
+                "embedding parameters": len(tokenizer) * hidden_size,
+            }
+        )
     return rows
-
-
-def block_dataset(blocks: torch.Tensor):
-    """Packed blocks as a ``datasets.Dataset`` with ``input_ids`` and unshifted causal ``labels``
-    (the model shifts them; chapter 6)."""
-    from datasets import Dataset
-
-    if blocks.ndim != 2:
-        raise ValueError(f"Expected (n_blocks, block_size) blocks, got shape {tuple(blocks.shape)}.")
-    return Dataset.from_dict({"input_ids": blocks.tolist(), "labels": causal_lm_labels(blocks).tolist()})
-
-
-def pretraining_arguments(output_dir: str | Path, max_steps: int, save_steps: int | None = None,
-                          logging_steps: int = 5, seed: int = 0, **overrides):
-    """``TrainingArguments`` for a short pretraining run on CPU or GPU: :data:`SETTINGS`, a fixed
-    number of steps, a log line every ``logging_steps``, weights-only checkpoints every ``save_steps``
-    (none when ``None``). ``overrides`` replace any argument."""
-    from transformers import TrainingArguments
-
-    from .models import pick_device
-
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}.")
-    arguments = {
-        "output_dir": str(output_dir), "max_steps": max_steps, "seed": seed, "data_seed": seed,
-        "per_device_train_batch_size": SETTINGS["batch_size"],
-        "learning_rate": SETTINGS["learning_rate"], "warmup_steps": SETTINGS["warmup_steps"],
-        "lr_scheduler_type": SETTINGS["lr_scheduler_type"], "weight_decay": SETTINGS["weight_decay"],
-        "adam_beta2": SETTINGS["adam_beta2"], "max_grad_norm": SETTINGS["max_grad_norm"],
-        "optim": "adamw_torch", "logging_steps": logging_steps, "report_to": "none",
-        "save_strategy": "steps" if save_steps else "no", "save_steps": save_steps or 500,
-        "save_only_model": True,  # weights only: enough to sample from, 3x smaller than with optimizer state
-        "use_cpu": pick_device() == "cpu", "dataloader_num_workers": 0,
-    }
-    arguments.update(overrides)
-    return TrainingArguments(**arguments)
-
-
-def pretrain(model, tokenizer, train_blocks: torch.Tensor, output_dir: str | Path, max_steps: int,
-             save_steps: int | None = None, seed: int = 0, callbacks: list | None = None, **overrides):
-    """Train ``model`` on packed blocks with ``Trainer`` for ``max_steps``; returns the trainer
-    (``trainer.state.log_history`` has the losses, ``output_dir`` the checkpoints). ``callbacks`` are
-    added to the trainer's; ``overrides`` go to :func:`pretraining_arguments`."""
-    from transformers import Trainer, default_data_collator
-
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    overrides.setdefault("disable_tqdm", True)  # ProgressBarCallback draws the bar instead
-    args = pretraining_arguments(output_dir, max_steps, save_steps, seed=seed, **overrides)
-    trainer = Trainer(model=model, args=args, train_dataset=block_dataset(train_blocks),
-                      data_collator=default_data_collator, processing_class=tokenizer,
-                      callbacks=callbacks)
-    for noisy in (PrinterCallback, ProgressCallback):  # a printed dict per log line floods a page
-        trainer.remove_callback(noisy)
-    trainer.add_callback(ProgressBarCallback())
-    trainer.train()
-    return trainer
 
 
 def loss_curve(log_history: list[dict]) -> list[dict]:
     """The training-loss points of ``trainer.state.log_history`` as ``{"step", "loss", "learning_rate"}``."""
-    return [{"step": entry["step"], "loss": entry["loss"], "learning_rate": entry.get("learning_rate")}
-            for entry in log_history if "loss" in entry and "step" in entry]
+    return [
+        {"step": entry["step"], "loss": entry["loss"], "learning_rate": entry.get("learning_rate")}
+        for entry in log_history
+        if "loss" in entry and "step" in entry
+    ]
 
 
 def checkpoint_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -139,25 +101,44 @@ def checkpoint_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def checkpoint_row(model, step: int, tokenizer, validation_blocks: torch.Tensor, prompts: list[str],
-                   max_new_tokens: int = 16) -> dict:
-    """Held-out perplexity and one greedy continuation per prompt for one model (a checkpoint)."""
-    row = {"step": step, "validation perplexity": round(block_perplexity(model, validation_blocks), 1)}
+def checkpoint_row(
+    model, step: int, tokenizer, prompts: list[str], max_new_tokens: int = 16, max_blocks: int | None = None
+) -> dict:
+    """Held-out perplexity (:func:`course_lib.evaluation.held_out_perplexity`: validation split,
+    128-token blocks) and one greedy continuation per prompt, for one model (a checkpoint)."""
+    perplexity = held_out_perplexity(model, tokenizer, max_blocks=max_blocks)["perplexity"]
+    row = {"step": step, "validation perplexity": round(perplexity, 1)}
     for prompt in prompts:
         row[prompt] = generate_text(model, tokenizer, prompt, "greedy", max_new_tokens=max_new_tokens)
     return row
 
 
-def evaluate_checkpoints(output_dir: str | Path, tokenizer, validation_blocks: torch.Tensor,
-                         prompts: list[str], max_new_tokens: int = 16) -> list[dict]:
+def evaluate_checkpoints(
+    output_dir: str | Path,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 16,
+    max_blocks: int | None = None,
+) -> list[dict]:
     """:func:`checkpoint_row` for every checkpoint under ``output_dir``, loaded from disk."""
     from transformers import AutoModelForCausalLM
 
     folders = checkpoint_folders(output_dir)
     if not folders:
-        raise CourseError(f"No checkpoint-<step> folders in {output_dir}; pass save_steps= to pretrain().")
-    return [checkpoint_row(AutoModelForCausalLM.from_pretrained(folder).eval(), step, tokenizer,
-                           validation_blocks, prompts, max_new_tokens) for step, folder in folders]
+        raise CourseError(
+            f"No checkpoint-<step> folders in {output_dir}; set save_steps= in TrainingArguments."
+        )
+    return [
+        checkpoint_row(
+            AutoModelForCausalLM.from_pretrained(folder).eval(),
+            step,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            max_blocks,
+        )
+        for step, folder in folders
+    ]
 
 
 def course_checkpoint():
@@ -166,7 +147,9 @@ def course_checkpoint():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = assets.lm()
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32
+    ).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 def loss_series(curve: list[dict], checkpoints: list[dict] | None = None) -> dict[str, tuple[list, list]]:
@@ -174,8 +157,10 @@ def loss_series(curve: list[dict], checkpoints: list[dict] | None = None) -> dic
     points, each checkpoint's held-out loss (the log of its perplexity, so both are nats per token)."""
     series = {"training loss (batch mean)": ([p["step"] for p in curve], [p["loss"] for p in curve])}
     if checkpoints:
-        series[HELD_OUT] = ([c["step"] for c in checkpoints],
-                            [round(math.log(c["validation perplexity"]), 3) for c in checkpoints])
+        series[HELD_OUT] = (
+            [c["step"] for c in checkpoints],
+            [round(math.log(c["validation perplexity"]), 3) for c in checkpoints],
+        )
     return series
 
 

@@ -12,15 +12,19 @@ Every method is loaded through ``from_pretrained(..., quantization_config=...)``
 
 bitsandbytes 0.50 runs its 8-bit and 4-bit layers on the CPU too (``device_map="cpu"``); GPU-only
 rows are listed in :func:`quant_methods` and skipped, with a printed note, when CUDA is absent.
-:func:`qlora_model` puts LoRA on a 4-bit NF4 base (QLoRA).
+Chapter 13 writes the QLoRA recipe itself; :func:`disable_cpu_repack` works around a
+bitsandbytes 0.50 CPU bug that gives QLoRA wrong gradients after any evaluation.
 """
+
 from __future__ import annotations
 
 import contextlib
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,8 +59,12 @@ def bnb_nf4_config(compute_dtype: torch.dtype = torch.float32):
     """bitsandbytes 4-bit NormalFloat with double quantization (the QLoRA recipe)."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def torchao_int8_config():
@@ -78,7 +86,9 @@ def torchao_int4_config(group_size: int = 32, cuda: bool = False):
     if cuda:
         from torchao.quantization import Int4WeightOnlyConfig
 
-        return TorchAoConfig(Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d"))
+        return TorchAoConfig(
+            Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d")
+        )
     from torchao.quantization import IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerGroup
 
@@ -93,12 +103,30 @@ def quant_methods() -> dict[str, QuantMethod]:
         QuantMethod("bnb int8 (LLM.int8)", "bitsandbytes", 8, "cpu", bnb_int8_config),
         QuantMethod("bnb NF4 + double quant", "bitsandbytes", 4, "cpu", bnb_nf4_config),
         QuantMethod("torchao int8 weight-only", "torchao", 8, "cpu", torchao_int8_config),
-        QuantMethod("torchao int4 weight-only", "torchao", 4, "cpu", torchao_int4_config,
-                    note="CPU layout stores each 4-bit value in a byte"),
-        QuantMethod("bnb NF4, bf16 compute (GPU)", "bitsandbytes", 4, "cuda",
-                    lambda: bnb_nf4_config(torch.bfloat16), dtype="bfloat16"),
-        QuantMethod("torchao int4 tinygemm (GPU)", "torchao", 4, "cuda",
-                    lambda: torchao_int4_config(cuda=True), dtype="bfloat16"),
+        QuantMethod(
+            "torchao int4 weight-only",
+            "torchao",
+            4,
+            "cpu",
+            torchao_int4_config,
+            note="CPU layout stores each 4-bit value in a byte",
+        ),
+        QuantMethod(
+            "bnb NF4, bf16 compute (GPU)",
+            "bitsandbytes",
+            4,
+            "cuda",
+            lambda: bnb_nf4_config(torch.bfloat16),
+            dtype="bfloat16",
+        ),
+        QuantMethod(
+            "torchao int4 tinygemm (GPU)",
+            "torchao",
+            4,
+            "cuda",
+            lambda: torchao_int4_config(cuda=True),
+            dtype="bfloat16",
+        ),
     ]
     return {m.name: m for m in rows}
 
@@ -108,16 +136,23 @@ def check_group_size(model: nn.Module, group_size: int) -> None:
     ``group_size`` (grouped 4-bit quantization splits each weight row into groups of that size)."""
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}.")
-    bad = sorted({f"{name.split('.')[-1]} (in_features={module.in_features})"
-                  for name, module in model.named_modules()
-                  if isinstance(module, nn.Linear) and module.in_features % group_size})
+    bad = sorted(
+        {
+            f"{name.split('.')[-1]} (in_features={module.in_features})"
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and module.in_features % group_size
+        }
+    )
     if bad:
-        raise CourseError(f"group_size={group_size} does not divide the input size of: {', '.join(bad)}. "
-                          "Pick a group size that divides every hidden size (32 and 64 usually do).")
+        raise CourseError(
+            f"group_size={group_size} does not divide the input size of: {', '.join(bad)}. "
+            "Pick a group size that divides every hidden size (32 and 64 usually do)."
+        )
 
 
-def load_quantized(method: QuantMethod | str, source: str | None = None, role: str = "causal-lm",
-                   saved: bool = False):
+def load_quantized(
+    method: QuantMethod | str, source: str | None = None, role: str = "causal-lm", saved: bool = False
+):
     """Load ``role`` (or the folder/repo ``source``) with ``method``'s quantization config.
 
     ``saved=True`` reloads a folder written by ``save_pretrained`` of a quantized model: its
@@ -141,7 +176,55 @@ def load_quantized(method: QuantMethod | str, source: str | None = None, role: s
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if method.make_config is None:
         model = model.to(method.device)
+    disable_cpu_repack(model)  # every 4-bit model the course loads may be trained later
     return model.eval()
+
+
+def disable_cpu_repack(model: nn.Module) -> int:
+    """Keep bitsandbytes' 4-bit layers in the layout that trains correctly; returns how many
+    layers had already been repacked and were converted back.
+
+    bitsandbytes 0.50.2, on a CPU with AVX-512 BF16 (``lscpu`` lists ``avx512_bf16``): the first
+    forward pass of a ``Linear4bit`` in ``eval()`` mode with an input that does not require grad
+    (any evaluation under ``torch.no_grad()``) repacks its weight for a bfloat16 inference kernel
+    (``quant_state.packing_format_for_cpu``), and nothing packs it back when training resumes.
+    Every later forward pass, training included, then runs ``bitsandbytes::gemv_4bit``, which has
+    no backward: no gradient flows through the frozen 4-bit weights, so LoRA adapters before the
+    last layers get wrong gradients and QLoRA's loss can rise (``tests/repro/`` shows it).
+
+    The fix switches the repack off on every ``Linear4bit`` (exact: call it right after loading,
+    before any evaluation). A layer already repacked is converted back with bitsandbytes' own
+    inverse, whose block scales were rounded to bfloat16 on the way: close, not bit-exact.
+    On other CPUs and on GPUs nothing is repacked and this changes nothing.
+    """
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # no bitsandbytes, so no 4-bit layers
+        return 0
+    restored = 0
+    for module in model.modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                weight.data, weight.quant_state
+            )
+            module.quant_state = weight.quant_state
+            restored += 1
+    return restored
+
+
+def cpu_repacks_4bit() -> bool:
+    """True when bitsandbytes would repack 4-bit weights on this CPU at evaluation time
+    (AVX-512 BF16 present), the condition under which :func:`disable_cpu_repack` matters."""
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+    except ImportError:
+        return False
+    return bool(has_avx512bf16())
 
 
 @contextlib.contextmanager
@@ -185,7 +268,7 @@ def perplexity_and_speed(model, blocks: torch.Tensor, batch_size: int = 16) -> t
         model(input_ids=blocks[:1].to(device))
         total, count, start = 0.0, 0, time.perf_counter()
         for i in range(0, len(blocks), batch_size):
-            batch = blocks[i: i + batch_size].to(device)
+            batch = blocks[i : i + batch_size].to(device)
             loss = model(input_ids=batch, labels=batch).loss
             predicted = batch.numel() - batch.shape[0]
             total, count = total + loss.float().item() * predicted, count + predicted
@@ -209,17 +292,30 @@ def measure(method: QuantMethod | str, blocks: torch.Tensor, role: str = "causal
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         saved = folder_bytes(folder)
-        reloaded_perplexity, _ = perplexity_and_speed(load_quantized(method, source=folder, saved=True), blocks)
-    return {"method": method.name, "backend": method.backend, "weight_bits": method.weight_bits,
-            "device": method.device, "load_s": round(load_s, 2),
-            "footprint_MB": round(footprint / 1e6, 2), "saved_MB": round(saved / 1e6, 2),
-            "perplexity": round(perplexity, 2), "perplexity_after_reload": round(reloaded_perplexity, 2),
-            "reload_ok": reload_matches(perplexity, reloaded_perplexity),
-            "tokens_per_s": round(speed)}
+        reloaded_perplexity, _ = perplexity_and_speed(
+            load_quantized(method, source=folder, saved=True), blocks
+        )
+    return {
+        "method": method.name,
+        "backend": method.backend,
+        "weight_bits": method.weight_bits,
+        "device": method.device,
+        "load_s": round(load_s, 2),
+        "footprint_MB": round(footprint / 1e6, 2),
+        "saved_MB": round(saved / 1e6, 2),
+        "perplexity": round(perplexity, 2),
+        "perplexity_after_reload": round(reloaded_perplexity, 2),
+        "reload_ok": reload_matches(perplexity, reloaded_perplexity),
+        "tokens_per_s": round(speed),
+    }
 
 
-def quantization_table(blocks: torch.Tensor, names: list[str] | None = None, role: str = "causal-lm",
-                       report: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def quantization_table(
+    blocks: torch.Tensor,
+    names: list[str] | None = None,
+    role: str = "causal-lm",
+    report: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """:func:`measure` for each method; GPU-only methods are skipped with a note when CUDA is absent."""
     methods = quant_methods()
     unknown = [n for n in (names or []) if n not in methods]
@@ -234,30 +330,55 @@ def quantization_table(blocks: torch.Tensor, names: list[str] | None = None, rol
     return rows
 
 
-def qlora_model(role: str = "causal-lm", r: int = 8, alpha: int = 16, compute_dtype: torch.dtype | None = None):
-    """QLoRA: the model loaded in 4-bit NF4 with double quantization, prepared for k-bit training
-    (norms and embeddings in fp32, inputs that require grad), with LoRA on every linear layer."""
-    from peft import prepare_model_for_kbit_training
-
-    from .models import pick_device
-    from .peft_methods import lora
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = compute_dtype or (torch.bfloat16 if pick_device() == "cuda" else torch.float32)
-    method = QuantMethod("QLoRA base", "bitsandbytes", 4, device, lambda: bnb_nf4_config(dtype))
-    base = load_quantized(method, role=role)
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    return lora(base, r=r, alpha=alpha, scope="all-linear")
-
-
 def quantized_linear_types(model: nn.Module) -> dict[str, int]:
     """How many modules of each class hold the model's linear layers (``Linear4bit``, ...)."""
     counts: dict[str, int] = {}
     for name, module in model.named_modules():
-        if name.split(".")[-1] in {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}:
+        if name.split(".")[-1] in {
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        }:
             label = type(module).__name__
             weight = getattr(module, "weight", None)
             if weight is not None and type(weight).__name__ not in ("Parameter", "Tensor"):
                 label += f" ({type(weight).__name__} weight)"
             counts[label] = counts.get(label, 0) + 1
     return counts
+
+
+REPORT_COLUMNS = {
+    "method": "method",
+    "weight_bits": "bits",
+    "saved_MB": "saved MB",
+    "perplexity": "perplexity",
+    "perplexity_after_reload": "reloaded",
+    "tokens_per_s": "tokens/s",
+}
+
+
+def report_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The columns of :func:`measure`'s rows that fit a page, with short names."""
+    return [{short: row[key] for key, short in REPORT_COLUMNS.items()} for row in rows]
+
+
+GPU_RESULTS = "quantization_gpu.json"
+
+
+def stored_gpu_results(path: str | Path | None = None) -> dict[str, Any] | None:
+    """The GPU run committed as ``book/data/quantization_gpu.json`` (its ``stamp``: device, versions,
+    date; its ``quantization`` rows; QLoRA's steps/s and memory), or None outside a checkout."""
+    import json
+
+    path = Path(path) if path else Path(__file__).resolve().parents[1] / "book" / "data" / GPU_RESULTS
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    missing = {"stamp", "quantization"} - set(results)
+    if missing:
+        raise CourseError(f"{path.name} lacks {sorted(missing)}: regenerate it on a GPU machine.")
+    return results

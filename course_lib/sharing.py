@@ -1,41 +1,45 @@
 """Sharing a model: the repository layout the Hub expects, model cards filled from measured results,
 versions kept with git, uploads that run only when a token and a network exist, and a Gradio Space.
 
+Chapter 4 writes the lesson itself: ``save_pretrained``, the ``ModelCard``/``ModelCardData``, the
+Gradio app, the ``upload_folder``/``push_to_hub`` calls and the ``gradio_client.Client``. This module
+holds what is not the lesson: checks, measurements, git plumbing and the local server.
+
 Model repository
-    :func:`save_model_repo` writes model + tokenizer with ``save_pretrained`` (safetensors);
     :func:`repo_files` says what each file is for; :func:`check_model_repo` lists what the Hub (and
     ``from_pretrained``) would miss or refuse.
 Model card
-    :func:`card_measurements` measures held-out perplexity with its baselines; :func:`build_model_card`
-    puts those numbers, never typed ones, into ``huggingface_hub.ModelCard``/``ModelCardData``;
-    :func:`card_problems` validates a card offline and :func:`validate_card` adds the Hub's own
-    validator when it can be reached.
+    :func:`card_measurements` measures held-out perplexity with its baselines (the numbers a card
+    reports); :func:`card_problems` validates a card offline and :func:`validate_card` adds the
+    Hub's own validator when it can be reached.
 Versions
     :func:`commit_folder` commits (and tags) a folder with git; :func:`revisions` lists the history;
     :func:`checkout_revision` / :func:`load_revision` load the files of any tag or commit. On the Hub,
     ``from_pretrained(repo_id, revision="v1.0")`` does the same in one argument.
 Uploads
     :func:`hub_access` says whether a token and the Hub are both available (it never returns or prints
-    the token); :func:`upload_folder_if_possible` and :func:`push_to_hub_if_possible` upload for real
-    when they are, and otherwise return a note saying what is missing. Nothing is ever faked.
+    the token): the chapter uploads only when it says so. Nothing is ever faked.
 Space
-    :func:`write_space` writes ``app.py``, ``requirements.txt`` and a ``README.md`` with the Space
-    front matter; :func:`running_space` runs that very ``app.py`` on 127.0.0.1 and closes it;
-    :func:`query_space` calls it with ``gradio_client``.
+    :func:`write_space` writes ``requirements.txt`` and a ``README.md`` with the Space front matter
+    beside the ``app.py`` the chapter writes; :func:`running_space` runs that very ``app.py`` on
+    127.0.0.1 and closes it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .profiles import CourseError, hub_is_offline
 
@@ -55,32 +59,36 @@ FILE_ROLES = {
     "requirements.txt": "pip packages the Space installs",
 }
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-GIT_IDENTITY = ("-c", "user.name=course", "-c", "user.email=course@example.invalid", "-c", "commit.gpgsign=false",
-                "-c", "tag.gpgsign=false")
+GIT_IDENTITY = (
+    "-c",
+    "user.name=course",
+    "-c",
+    "user.email=course@example.invalid",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "tag.gpgsign=false",
+)
 # Fixed commit dates make commit hashes depend on content only: the same build prints the same hashes.
 FIXED_GIT_DATE = "2026-01-01T00:00:00+00:00"
-SPACE_API_NAME = "generate"
 
 
 # --- model repository ---------------------------------------------------------------------------
-
-def save_model_repo(model, tokenizer, folder: str | Path) -> Path:
-    """``save_pretrained`` of model and tokenizer into ``folder`` (safetensors weights)."""
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def repo_files(folder: str | Path) -> list[dict]:
     """The files of a repository folder (``.git`` excluded) with size and what each is for."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CourseError(f"{folder} is not a folder; save a model there first (save_model_repo).")
+        raise CourseError(f"{folder} is not a folder; save a model there first (save_pretrained).")
     rows = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.relative_to(folder).parts):
+    for path in sorted(
+        p for p in folder.rglob("*") if p.is_file() and ".git" not in p.relative_to(folder).parts
+    ):
         name = str(path.relative_to(folder))
-        role = FILE_ROLES.get(name, "pickle weights: unsafe to load" if name.endswith(PICKLE_SUFFIXES) else "other")
+        role = FILE_ROLES.get(
+            name, "pickle weights: unsafe to load" if name.endswith(PICKLE_SUFFIXES) else "other"
+        )
         rows.append({"file": name, "kB": round(path.stat().st_size / 1e3, 1), "role": role})
     return rows
 
@@ -93,19 +101,27 @@ def check_model_repo(folder: str | Path, require_card: bool = True) -> list[str]
     if "config.json" not in names:
         problems.append("config.json is missing: save with model.save_pretrained(folder).")
     if not ({"model.safetensors", "model.safetensors.index.json"} & names):
-        problems.append("no safetensors weights (model.safetensors or its index): save with save_pretrained, "
-                        "whose default is safetensors.")
+        problems.append(
+            "no safetensors weights (model.safetensors or its index): save with save_pretrained, "
+            "whose default is safetensors."
+        )
     pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
     if pickles:
-        problems.append(f"pickle files {pickles}: loading them can run arbitrary code; convert to safetensors.")
-    if not ({"tokenizer.json", "tokenizer.model", "vocab.txt"} & names) or "tokenizer_config.json" not in names:
+        problems.append(
+            f"pickle files {pickles}: loading them can run arbitrary code; convert to safetensors."
+        )
+    if (
+        not ({"tokenizer.json", "tokenizer.model", "vocab.txt"} & names)
+        or "tokenizer_config.json" not in names
+    ):
         problems.append("tokenizer files are missing: also call tokenizer.save_pretrained(folder).")
     if require_card and "README.md" not in names:
-        problems.append("README.md (the model card) is missing: write one with build_model_card(...).save().")
+        problems.append("README.md (the model card) is missing: ModelCard(...).save(path).")
     return problems
 
 
 # --- model card ---------------------------------------------------------------------------------
+
 
 def card_measurements(model, tokenizer, split: str = "validation", max_blocks: int | None = 40) -> list[dict]:
     """Held-out perplexity of ``model`` and its baselines (untrained copy, bigram counts), measured
@@ -120,85 +136,10 @@ def perplexity_of(measurements: list[dict], model: str = "pretrained") -> float:
     """The perplexity of the row of :func:`card_measurements` whose ``model`` starts with ``model``."""
     matches = [row["perplexity"] for row in measurements if row["model"].startswith(model)]
     if len(matches) != 1:
-        raise CourseError(f"{len(matches)} rows match {model!r}; models: {[row['model'] for row in measurements]}.")
+        raise CourseError(
+            f"{len(matches)} rows match {model!r}; models: {[row['model'] for row in measurements]}."
+        )
     return matches[0]
-
-
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ model_id }}
-
-{{ model_summary }}
-
-## Model details
-
-- **Architecture:** {{ architecture }}
-- **Parameters:** {{ parameters }}
-- **Weights:** safetensors, {{ dtype }}
-- **License:** {{ license }}
-
-## Training data
-
-{{ training_data }}
-
-## Evaluation
-
-{{ results }}
-
-## How to use
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}")
-model = AutoModelForCausalLM.from_pretrained("{{ repo_id }}")
-```
-
-## Limitations
-
-{{ limitations }}
-"""
-
-
-def build_model_card(model, measurements: list[dict], model_name: str, repo_id: str | None = None,
-                     description: str = "", training_data: str = "", limitations: str = "",
-                     license: str = "apache-2.0"):
-    """A ``huggingface_hub.ModelCard`` whose metadata, model details and results come from the model
-    and from ``measurements`` (rows of :func:`card_measurements`; the row named ``"pretrained"`` is
-    the model's own score), never from typed numbers.
-
-    The YAML header gets a ``model-index`` entry, so the Hub shows the metric as an evaluation result.
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from .models import count_parameters
-
-    own = [row for row in measurements if row["model"] == "pretrained"]
-    if len(own) != 1:
-        raise CourseError("measurements need exactly one row with model == 'pretrained' "
-                          "(use card_measurements(model, tokenizer)).")
-    own = own[0]
-    results = [EvalResult(task_type="text-generation", dataset_type="course_lib/stdlib-docs",
-                          dataset_name="Python standard library docs (course corpus)", dataset_split=own["split"],
-                          metric_type="perplexity",
-                          metric_name=f"perplexity ({own['split']}, {own['tokens']:,} tokens)",
-                          metric_value=own["perplexity"])]
-    data = ModelCardData(model_name=model_name, language="en", license=license, library_name="transformers",
-                         pipeline_tag="text-generation", tags=["causal-lm", "course"], eval_results=results)
-    table = "\n".join(["| model | perplexity | tokens |", "|---|---|---|"]
-                      + [f"| {row['model']} | {row['perplexity']} | {row['tokens']:,} |" for row in measurements])
-    config = model.config
-    return ModelCard.from_template(
-        data, template_str=CARD_TEMPLATE, model_id=model_name, model_summary=description,
-        architecture=f"{type(model).__name__}: {config.num_hidden_layers} layers, hidden size "
-                     f"{config.hidden_size}, vocabulary {config.vocab_size}",
-        parameters=f"{count_parameters(model)['total']:,}", dtype=str(model.dtype).removeprefix("torch."),
-        training_data=training_data or "Not documented.",
-        results=f"Held-out perplexity on the {own['split']} split (lower is better), measured when this "
-                f"card was written:\n\n{table}",
-        repo_id=repo_id or model_name, limitations=limitations or "Not documented.")
 
 
 def card_problems(card, expected: dict[str, float] | None = None) -> list[str]:
@@ -212,8 +153,11 @@ def card_problems(card, expected: dict[str, float] | None = None) -> list[str]:
     except Exception as error:  # the library raises ValueError for malformed YAML headers
         return [f"the card does not parse: {error}"]
     data = parsed.data
-    problems = [f"metadata has no {field}" for field in ("license", "language", "library_name", "pipeline_tag")
-                if not getattr(data, field, None)]
+    problems = [
+        f"metadata has no {field}"
+        for field in ("license", "language", "library_name", "pipeline_tag")
+        if not getattr(data, field, None)
+    ]
     results = data.eval_results or []
     if not results:
         problems.append("metadata has no evaluation results (model-index): report measured metrics.")
@@ -244,12 +188,14 @@ def validate_card(card, expected: dict[str, float] | None = None) -> dict:
 
 # --- versions with git --------------------------------------------------------------------------
 
+
 def _git(folder: str | Path, *args: str) -> str:
     if shutil.which("git") is None:
         raise CourseError("git is not installed; install it (e.g. `apt-get install git`) to version a model.")
     env = os.environ | {"GIT_AUTHOR_DATE": FIXED_GIT_DATE, "GIT_COMMITTER_DATE": FIXED_GIT_DATE}
-    result = subprocess.run(["git", *GIT_IDENTITY, "-C", str(folder), *args], capture_output=True, text=True,
-                            env=env)
+    result = subprocess.run(
+        ["git", *GIT_IDENTITY, "-C", str(folder), *args], capture_output=True, text=True, env=env
+    )
     if result.returncode != 0:
         raise CourseError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout.strip()
@@ -284,8 +230,9 @@ def checkout_revision(folder: str | Path, revision: str, into: str | Path) -> Pa
     into = Path(into)
     into.mkdir(parents=True, exist_ok=True)
     _git(folder, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
-    archive = subprocess.run(["git", "-C", str(folder), "archive", "--format=tar", revision],
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(folder), "archive", "--format=tar", revision], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
@@ -316,13 +263,19 @@ def revision_summary(folder: str | Path, revision: str, reference_model, tokeniz
         checkout_revision(folder, revision, tmp)
         weights = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
     model = load_revision(folder, revision)
-    return {"revision": revision, "commit": _git(folder, "rev-parse", "--short=10", revision),
-            "dtype": str(model.dtype).removeprefix("torch."), "weights MB": round(weights / 1e6, 2),
-            "max |logit difference| vs fp32 model": round(max_logit_difference(model, reference_model, tokenizer,
-                                                                                texts), 4)}
+    return {
+        "revision": revision,
+        "commit": _git(folder, "rev-parse", "--short=10", revision),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "weights MB": round(weights / 1e6, 2),
+        "max |logit difference| vs fp32 model": round(
+            max_logit_difference(model, reference_model, tokenizer, texts), 4
+        ),
+    }
 
 
 # --- uploads ------------------------------------------------------------------------------------
+
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     import httpx
@@ -364,107 +317,49 @@ def repo_id(name: str, access: dict | None = None) -> str:
     return f"{access.get('user') or 'your-username'}/{name}"
 
 
-def upload_folder_if_possible(folder: str | Path, repo_name: str, repo_type: str = "model",
-                              private: bool = True, tag: str | None = None,
-                              commit_message: str = "Upload from the course") -> dict:
-    """Create ``<user>/<repo_name>`` (private by default) and ``upload_folder`` into it, tagging the
-    commit with ``tag`` if given, when :func:`hub_access` allows; otherwise upload nothing and say why.
-
-    Returns ``uploaded`` (bool), plus ``url`` or ``note``.
-    """
-    from huggingface_hub import HfApi
-
-    if "/" in repo_name:
-        raise CourseError("Pass the repository name only; the namespace is your account.")
-    access = hub_access()
-    if not access["ok"]:
-        return {"uploaded": False, "note": f"upload skipped: {access['reason']}"}
-    api = HfApi()
-    repo_id = f"{access['user']}/{repo_name}"
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
-                    **({"space_sdk": "gradio"} if repo_type == "space" else {}))
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
-                               commit_message=commit_message, ignore_patterns=[".git/*", ".git"])
-    if tag:
-        api.create_tag(repo_id, tag=tag, repo_type=repo_type, exist_ok=True)
-    return {"uploaded": True, "url": str(getattr(commit, "commit_url", commit))}
-
-
-def push_to_hub_if_possible(model, tokenizer, repo_name: str, private: bool = True) -> dict:
-    """``model.push_to_hub`` and ``tokenizer.push_to_hub`` to ``<user>/<repo_name>`` when
-    :func:`hub_access` allows; otherwise push nothing and say why."""
-    access = hub_access()
-    if not access["ok"]:
-        return {"uploaded": False, "note": f"push skipped: {access['reason']}"}
-    repo_id = f"{access['user']}/{repo_name}"
-    model.push_to_hub(repo_id, private=private)
-    tokenizer.push_to_hub(repo_id, private=private)
-    return {"uploaded": True, "url": f"https://huggingface.co/{repo_id}"}
-
-
 # --- a Gradio Space -----------------------------------------------------------------------------
 
-APP_TEMPLATE = '''"""Gradio Space: greedy text continuation with {title}.
 
-MODEL_ID names the model: a Hub repo id (the default) or a local folder.
-"""
-import os
-
-import gradio as gr
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-MODEL_ID = os.environ.get("MODEL_ID", {model_id!r})
-tokenizer = AutoTokenizer.from_pretrained(MODEL_ID)
-model = AutoModelForCausalLM.from_pretrained(MODEL_ID, use_safetensors=True).eval()
-
-
-def generate(prompt: str, max_new_tokens: float = 32) -> str:
-    """Greedy continuation of the prompt (no sampling: the same prompt gives the same text)."""
-    inputs = tokenizer(prompt, return_tensors="pt")
-    output = model.generate(**inputs, max_new_tokens=int(max_new_tokens), do_sample=False,
-                            repetition_penalty=1.3, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-demo = gr.Interface(
-    fn=generate,
-    inputs=[gr.Textbox(label="Prompt", value="Return the"),
-            gr.Slider(1, {max_new_tokens}, value=32, step=1, label="Max new tokens")],
-    outputs=gr.Textbox(label="Continuation"),
-    title={title!r},
-    description={description!r},
-    api_name={api_name!r},
-    analytics_enabled=False,
-)
-
-if __name__ == "__main__":
-    demo.launch()  # binds 127.0.0.1 locally; on a Space the runtime sets the address
-'''
-
-
-def write_space(folder: str | Path, model_id: str, title: str = "Course LM",
-                description: str = "A 1.4M-parameter Llama-style model trained on the Python docs.",
-                max_new_tokens: int = 128, emoji: str = "🐍",
-                short_description: str = "Greedy text continuation with a tiny course LM") -> Path:
-    """Write a Gradio Space into ``folder``: ``app.py`` (serves ``model_id``), ``requirements.txt``
-    (pinned to the versions installed here) and ``README.md`` with the Space's YAML front matter.
-    The Hub limits ``short_description`` to 60 characters."""
+def write_space(
+    folder: str | Path,
+    model_id: str,
+    title: str = "Course LM",
+    description: str = "A 1.4M-parameter Llama-style model trained on the Python docs.",
+    emoji: str = "🐍",
+    short_description: str = "Greedy text continuation with a tiny course LM",
+) -> Path:
+    """Write the packaging of a Gradio Space beside its ``app.py`` in ``folder``: ``requirements.txt``
+    (pinned to the versions installed here) and ``README.md`` with the Space's YAML front matter
+    (SDK and version, entry file, the model it uses). The Hub limits ``short_description`` to 60
+    characters."""
     from huggingface_hub import SpaceCard, SpaceCardData
 
     if len(short_description) > 60:
         raise CourseError(f"short_description has {len(short_description)} characters; the Hub allows 60.")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "app.py").write_text(APP_TEMPLATE.format(model_id=model_id, title=title, description=description,
-                                                       max_new_tokens=int(max_new_tokens), api_name=SPACE_API_NAME))
+    if not (folder / "app.py").is_file():
+        raise CourseError(f"No app.py in {folder}: write the Gradio app there first (%%writefile).")
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("transformers", "safetensors")]
     (folder / "requirements.txt").write_text("\n".join(pins + ["torch"]) + "\n")
-    data = SpaceCardData(title=title, sdk="gradio", sdk_version=importlib.metadata.version("gradio"),
-                         app_file="app.py", license="apache-2.0", models=[model_id],
-                         emoji=emoji, colorFrom="blue", colorTo="yellow", pinned=False,
-                         short_description=short_description)
-    SpaceCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n# {{ title }}\n\n{{ description }}\n",
-                            title=title, description=description).save(folder / "README.md")
+    data = SpaceCardData(
+        title=title,
+        sdk="gradio",
+        sdk_version=importlib.metadata.version("gradio"),
+        app_file="app.py",
+        license="apache-2.0",
+        models=[model_id],
+        emoji=emoji,
+        colorFrom="blue",
+        colorTo="yellow",
+        pinned=False,
+        short_description=short_description,
+    )
+    SpaceCard.from_template(
+        data,
+        template_str="---\n{{ card_data }}\n---\n\n# {{ title }}\n\n{{ description }}\n",
+        title=title,
+        description=description,
+    ).save(folder / "README.md")
     return folder
 
 
@@ -488,12 +383,20 @@ def running_demo(demo, host: str = "127.0.0.1") -> Iterator[str]:
     check_host(host)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     demo.analytics_enabled = False
-    demo.launch(server_name=host, server_port=free_port(host), share=False, prevent_thread_lock=True,
-                quiet=True, inline=False, show_error=True)
+    demo.launch(
+        server_name=host,
+        server_port=free_port(host),
+        share=False,
+        prevent_thread_lock=True,
+        quiet=True,
+        inline=False,
+        show_error=True,
+    )
     try:
         yield demo.local_url.rstrip("/")
     finally:
-        demo.close()
+        with contextlib.redirect_stdout(io.StringIO()):  # "Closing server running on port: ..."
+            demo.close()
 
 
 @contextlib.contextmanager
@@ -506,7 +409,7 @@ def running_space(space_folder: str | Path, model_dir: str | Path, host: str = "
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no usage pings
     app_path = Path(space_folder) / "app.py"
     if not app_path.is_file():
-        raise CourseError(f"No app.py in {space_folder}; write the Space with write_space(...).")
+        raise CourseError(f"No app.py in {space_folder}: write the Gradio app there first (%%writefile).")
     module_name = f"course_space_{uuid.uuid4().hex[:8]}"
     previous = os.environ.get("MODEL_ID")
     os.environ["MODEL_ID"] = str(model_dir)
@@ -524,23 +427,3 @@ def running_space(space_folder: str | Path, model_dir: str | Path, host: str = "
             yield url
     finally:
         sys.modules.pop(module_name, None)
-
-
-def query_space(url: str, *inputs: Any, api_name: str = f"/{SPACE_API_NAME}") -> Any:
-    """Call a running Gradio app's endpoint through ``gradio_client`` (loopback URLs only)."""
-    from gradio_client import Client
-
-    from .serving import require_loopback_url
-
-    client = Client(require_loopback_url(url), verbose=False)
-    return client.predict(*inputs, api_name=api_name)
-
-
-def space_endpoints(url: str) -> list[str]:
-    """The named API endpoints a running Gradio app exposes (loopback URLs only)."""
-    from gradio_client import Client
-
-    from .serving import require_loopback_url
-
-    client = Client(require_loopback_url(url), verbose=False)
-    return sorted(client.view_api(print_info=False, return_format="dict")["named_endpoints"])

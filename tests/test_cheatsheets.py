@@ -1,4 +1,5 @@
 """The cheat sheets read the installed libraries; every listed name must exist and every rename must hold."""
+
 import dataclasses
 import logging
 import warnings
@@ -18,8 +19,11 @@ def test_every_listed_argument_exists_in_the_installed_library(name):
 
 def test_a_removed_argument_or_class_fails_loudly(monkeypatch):
     sheet = cheatsheets.SHEETS["LoraConfig"]
-    monkeypatch.setitem(cheatsheets.SHEETS, "LoraConfig",
-                        dataclasses.replace(sheet, arguments={**sheet.arguments, "lora_rank": "old name"}))
+    monkeypatch.setitem(
+        cheatsheets.SHEETS,
+        "LoraConfig",
+        dataclasses.replace(sheet, arguments={**sheet.arguments, "lora_rank": "old name"}),
+    )
     with pytest.raises(CourseError, match="lora_rank"):
         cheatsheets.cheatsheet("LoraConfig")
     monkeypatch.setitem(cheatsheets.SHEETS, "Gone", cheatsheets.Sheet("peft", "NoSuchConfig", {"r": ""}))
@@ -43,7 +47,9 @@ def test_defaults_are_the_library_defaults():
             value = getattr(value, "value", value)
             assert default == (repr(value) if isinstance(value, str) else str(value)), argument
     lora = LoraConfig()
-    assert shown("LoraConfig")["r"] == str(lora.r) and shown("LoraConfig")["lora_alpha"] == str(lora.lora_alpha)
+    assert shown("LoraConfig")["r"] == str(lora.r) and shown("LoraConfig")["lora_alpha"] == str(
+        lora.lora_alpha
+    )
     applied = GenerationConfig._get_default_generation_params()
     assert shown("GenerationConfig")["temperature"] == str(applied["temperature"])
     assert shown("GenerationConfig")["top_k"] == str(applied["top_k"])

@@ -1,4 +1,5 @@
 """Error diagnostics: each check catches its failure and passes on the fixed case."""
+
 import copy
 import json
 import logging
@@ -14,12 +15,20 @@ from course_lib.profiles import CourseError
 def _tiny_llama_config(**overrides):
     from transformers import LlamaConfig
 
-    settings = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    settings = dict(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaConfig(**(settings | overrides))
 
 
 # ----------------------------------------------------------------- showing errors
+
 
 def test_expect_error_prints_type_and_message(capsys):
     with checks.expect_error(ValueError) as caught:
@@ -37,12 +46,21 @@ def test_expect_error_fails_when_nothing_is_raised_and_lets_other_errors_through
             raise KeyError("other")
 
 
-def test_describe_error_is_one_short_line():
-    text = checks.describe_error(RuntimeError("line one\nline two " + "x" * 1000), limit=50)
-    assert "\n" not in text and len(text) == 50 and text.startswith("RuntimeError: line one line two")
+def test_page_text_hides_absolute_paths_and_wraps():
+    text = checks.page_text("LOAD REPORT from: /root/.cache/x/models/course-lm\n- MISSING:\t" + "word " * 40)
+    assert "from: models/course-lm" in text and "/root" not in text and "\t" not in text
+    assert all(len(line) <= 79 for line in text.splitlines())
+    assert text.splitlines()[2].startswith("  word")
+
+
+def test_describe_error_shows_the_whole_message_wrapped():
+    text = checks.describe_error(RuntimeError("line one\nline two " + "word " * 100 + "end"), width=50)
+    assert text.startswith("RuntimeError: line one line two") and text.endswith("end")
+    assert "..." not in text and all(len(line) <= 50 for line in text.splitlines())
 
 
 # ----------------------------------------------------------------- tokenizer / model
+
 
 def test_wrong_tokenizer_is_detected_with_advice(course_lm):
     from course_lib.models import load_tokenizer
@@ -56,8 +74,13 @@ def test_wrong_tokenizer_is_detected_with_advice(course_lm):
         checks.check_tokenizer_matches(wrong, model)
     with pytest.raises(IndexError):  # what the model itself says
         model(input_ids=wrong("Return the number of items.", return_tensors="pt")["input_ids"])
-    assert checks.try_forward(model, wrong, "Return the number of items.") == "IndexError: index out of range in self"
-    assert checks.try_forward(model, load_tokenizer("causal-lm"), "Return the number of items.").startswith("no error")
+    assert (
+        checks.try_forward(model, wrong, "Return the number of items.")
+        == "IndexError: index out of range in self"
+    )
+    assert checks.try_forward(model, load_tokenizer("causal-lm"), "Return the number of items.").startswith(
+        "no error"
+    )
 
 
 def test_matching_tokenizer_passes_and_added_tokens_need_a_resize(course_lm):
@@ -86,6 +109,7 @@ def test_wrong_tokenizer_runs_silently_on_easy_text_but_perplexity_shows_it(cour
 
 # ----------------------------------------------------------------- missing / unused weights
 
+
 def test_load_report_for_a_new_head():
     from transformers import AutoModelForSequenceClassification
 
@@ -93,8 +117,9 @@ def test_load_report_for_a_new_head():
     from course_lib.models import source_of
 
     handlers = logging.getLogger("transformers").handlers[:]
-    _, report = checks.load_with_report(AutoModelForSequenceClassification,
-                                        source_of(course_lib.resolve("encoder")), num_labels=4)
+    _, report = checks.load_with_report(
+        AutoModelForSequenceClassification, source_of(course_lib.resolve("encoder")), num_labels=4
+    )
     assert logging.getLogger("transformers").handlers == handlers  # capture restored the handlers
     assert "MISSING" in report.log and "\x1b[" not in report.log
     assert {r["weights"] for r in report.rows} == {"classifier.weight", "classifier.bias"}
@@ -102,11 +127,20 @@ def test_load_report_for_a_new_head():
 
 
 def test_explain_loading_info_kinds():
-    info = {"missing_keys": ["model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight",
-                             "score.weight"],
-            "unexpected_keys": ["model.layers.0.self_attn.q_proj.SCB", "model.layers.3.mlp.down_proj.SCB",
-                                "pooler.dense.bias", "model.extra.weight"],
-            "mismatched_keys": [("classifier.weight", (4, 8), (2, 8))]}
+    info = {
+        "missing_keys": [
+            "model.layers.0.mlp.up_proj.weight",
+            "model.layers.1.mlp.up_proj.weight",
+            "score.weight",
+        ],
+        "unexpected_keys": [
+            "model.layers.0.self_attn.q_proj.SCB",
+            "model.layers.3.mlp.down_proj.SCB",
+            "pooler.dense.bias",
+            "model.extra.weight",
+        ],
+        "mismatched_keys": [("classifier.weight", (4, 8), (2, 8))],
+    }
     rows = {(r["status"], r["weights"]): r for r in checks.explain_loading_info(info)}
     body = rows[("missing", "model.layers.*.mlp.up_proj.weight")]
     assert body["count"] == 2 and body["serious"]
@@ -119,6 +153,7 @@ def test_explain_loading_info_kinds():
 
 
 # ----------------------------------------------------------------- memory
+
 
 def test_meta_model_counts_parameters_without_memory():
     from transformers import AutoModelForCausalLM
@@ -139,8 +174,10 @@ def test_lora_parameter_count_agrees_with_peft():
     with warnings.catch_warnings():
         # peft 0.21.2 reads model.is_gradient_checkpointing, deprecated in transformers 5.23 (not our code)
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        peft_model = get_peft_model(AutoModelForCausalLM.from_config(config),
-                                    LoraConfig(r=4, target_modules=list(checks.LORA_TARGETS)))
+        peft_model = get_peft_model(
+            AutoModelForCausalLM.from_config(config),
+            LoraConfig(r=4, target_modules=list(checks.LORA_TARGETS)),
+        )
     assert predicted == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     with pytest.raises(CourseError):
         checks.lora_parameter_count(checks.meta_model(config), r=4, target_modules=("c_attn",))
@@ -178,10 +215,11 @@ def test_check_fits_and_fit_report():
 
 def test_try_allocate():
     assert checks.try_allocate(1024).startswith("granted")
-    assert checks.try_allocate(2 ** 60).startswith("refused: RuntimeError")  # beyond any address space
+    assert checks.try_allocate(2**60).startswith("refused: RuntimeError")  # beyond any address space
 
 
 # ----------------------------------------------------------------- distributed
+
 
 def test_mismatched_collective_times_out_debug_names_it_and_the_fix_works():
     results = checks.run_collectives(timeout_s=2)
@@ -204,15 +242,20 @@ def test_run_collectives_rejects_bad_arguments():
 
 
 def test_tidy_collective_error():
-    raw = ("RuntimeError: [/src/gloo/unbound_buffer.cc:78] Timed out. CollectiveFingerPrint(OpType=ALLREDUCE, "
-           "TensorDeviceTypes=TensorOptions(dtype=float (default), device=cpu)), but")
-    assert checks.tidy_collective_error(raw) == \
-        "RuntimeError: Timed out. CollectiveFingerPrint(OpType=ALLREDUCE), but"
+    raw = (
+        "RuntimeError: [/src/gloo/unbound_buffer.cc:78] Timed out. CollectiveFingerPrint(OpType=ALLREDUCE, "
+        "TensorDeviceTypes=TensorOptions(dtype=float (default), device=cpu)), but"
+    )
+    assert (
+        checks.tidy_collective_error(raw)
+        == "RuntimeError: Timed out. CollectiveFingerPrint(OpType=ALLREDUCE), but"
+    )
     detail = "differ in the following aspects: Op type: ALLREDUCEvs REDUCE Tensor Tensor shapes: 1vs"
     assert checks.tidy_collective_error(detail).endswith("Op type: ALLREDUCEvs REDUCE")
 
 
 # ----------------------------------------------------------------- NaN loss
+
 
 def _blocks(n=16, length=16, vocab=64):
     return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(0))
@@ -230,8 +273,9 @@ def test_fp16_weights_with_adamw_give_nan_and_the_guard_names_it(course_lm):
 def test_fp32_weights_train_finitely(course_lm):
     model = copy.deepcopy(course_lm[0])
     blocks = _blocks(vocab=model.config.vocab_size)
-    losses = checks.guarded_training(model, torch.optim.AdamW(model.parameters(), lr=1e-3), blocks, steps=3,
-                                     max_grad_norm=1.0)
+    losses = checks.guarded_training(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-3), blocks, steps=3, max_grad_norm=1.0
+    )
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert checks.nonfinite_parameters(model) == []
     with pytest.raises(ValueError):
@@ -239,6 +283,7 @@ def test_fp32_weights_train_finitely(course_lm):
 
 
 # ----------------------------------------------------------------- repetition
+
 
 def test_repeated_ngram_fraction():
     assert checks.repeated_ngram_fraction([1, 2, 3, 4, 5]) == 0.0
@@ -250,8 +295,12 @@ def test_repeated_ngram_fraction():
 
 def test_degeneration_fixes_reduce_repetition(course_lm):
     model, tokenizer = course_lm
-    rows = {r["setting"]: r for r in checks.degeneration_table(
-        model, tokenizer, ["Return a new dictionary", "Open the file"], max_new_tokens=40)}
+    rows = {
+        r["setting"]: r
+        for r in checks.degeneration_table(
+            model, tokenizer, ["Return a new dictionary", "Open the file"], max_new_tokens=40
+        )
+    }
     assert set(rows) == set(checks.DEGENERATION_SETTINGS)
     greedy = rows["greedy (no fix)"]["repeated 3-grams"]
     assert greedy > 0.1  # the pretrained course LM loops under plain greedy decoding
@@ -261,6 +310,7 @@ def test_degeneration_fixes_reduce_repetition(course_lm):
 
 
 # ----------------------------------------------------------------- quantized reload
+
 
 def _write_checkpoint(folder, tensors, config):
     from safetensors.torch import save_file
@@ -274,7 +324,9 @@ def test_checkpoint_problems_reads_the_header(tmp_path):
     _write_checkpoint(tmp_path, tensors, {"model_type": "llama"})
     assert checks.safetensors_dtypes(tmp_path) == {"I8": 1, "F32": 1}
     assert "quantization_config" in checks.checkpoint_problems(tmp_path)[0]
-    _write_checkpoint(tmp_path, tensors, {"model_type": "llama", "quantization_config": {"quant_method": "x"}})
+    _write_checkpoint(
+        tmp_path, tensors, {"model_type": "llama", "quantization_config": {"quant_method": "x"}}
+    )
     assert checks.checkpoint_problems(tmp_path) == []
     _write_checkpoint(tmp_path, {"w": torch.zeros(2)}, {"model_type": "llama"})
     assert checks.checkpoint_problems(tmp_path) == []
@@ -302,7 +354,8 @@ def test_int8_checkpoint_with_the_base_config_reloads_silently_wrong(course_lm, 
     level = bnb_logger.level
     with checks.quiet_int8_warnings():
         quantized = AutoModelForCausalLM.from_pretrained(
-            source, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu")
+            source, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu"
+        )
         before = block_perplexity(quantized, blocks)
         quantized.save_pretrained(tmp_path)
         AutoConfig.from_pretrained(source).save_pretrained(tmp_path)
@@ -317,3 +370,47 @@ def test_int8_checkpoint_with_the_base_config_reloads_silently_wrong(course_lm, 
         checks.verify_reload(before, block_perplexity(restored, blocks))
     assert checks.checkpoint_problems(tmp_path) == []
     assert bnb_logger.level == level
+
+
+# ----------------------------------------------------------------- QLoRA after an evaluation
+
+
+def test_qlora_gradient_error_detects_the_cpu_repack(course_lm):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from course_lib import quantization
+    from course_lib.finetune import ignore_checkpointing_rename
+    from course_lib.models import source_of
+    from course_lib.profiles import resolve
+
+    source = source_of(resolve("causal-lm"))
+    nf4 = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        source, quantization_config=nf4, device_map="cpu", dtype=torch.float32
+    )
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    with ignore_checkpointing_rename():
+        model = get_peft_model(
+            base,
+            LoraConfig(
+                task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False
+            ),
+        )
+    ids = torch.randint(0, 4096, (4, 32), generator=torch.Generator().manual_seed(0))
+    assert checks.qlora_gradient_error(model, source, ids) < 1e-5
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    after_eval = checks.qlora_gradient_error(model, source, ids)
+    if quantization.cpu_repacks_4bit():
+        assert after_eval > 0.05  # the bitsandbytes bug, seen by the check
+        assert quantization.disable_cpu_repack(model) > 0
+    else:
+        print("no AVX-512 BF16 on this CPU: bitsandbytes does not repack, nothing to detect")
+    assert checks.qlora_gradient_error(model, source, ids) < 1e-5

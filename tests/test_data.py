@@ -10,7 +10,9 @@ def test_offline_roles_load_as_dataset_dicts():
     assert {"id", "text", "split"} <= set(corpus["train"].column_names)
     sft = load_role_dataset("sft-data", split="validation")
     assert {"instruction", "input", "output"} <= set(sft.column_names)
-    assert {"prompt", "chosen", "rejected"} <= set(load_role_dataset("preference-data", split="test").column_names)
+    assert {"prompt", "chosen", "rejected"} <= set(
+        load_role_dataset("preference-data", split="test").column_names
+    )
 
 
 def test_bad_split_and_model_role_fail_clearly():

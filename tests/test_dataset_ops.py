@@ -33,22 +33,17 @@ def test_write_course_files_rejects_no_topics(tmp_path):
         dataset_ops.write_course_files(tmp_path, topics=0)
 
 
-def test_tokenize_rows_gives_the_same_ids_per_example_and_batched():
-    tokenizer = load_tokenizer("causal-lm")
-    texts = ["Return the number of items.", "Open a file.", ""]
-    single = [dataset_ops.tokenize_rows({"text": t}, tokenizer) for t in texts]
-    batch = dataset_ops.tokenize_rows({"text": texts}, tokenizer)
-    assert batch["input_ids"] == [s["input_ids"] for s in single]
-    assert batch["n_tokens"] == [s["n_tokens"] for s in single]
-    with pytest.raises(CourseError, match="No column 'summary'"):
-        dataset_ops.tokenize_rows({"text": "x"}, tokenizer, column="summary")
+def _tokenize(rows, tokenizer):  # the shape chapter 2 writes: one row or a batch
+    ids = tokenizer(rows["text"])["input_ids"]
+    return {"input_ids": ids}
 
 
 def test_compare_map_modes_times_every_mode_and_checks_outputs():
     tokenizer = load_tokenizer("causal-lm")
     dataset = Dataset.from_dict({"text": [f"row number {i} of the table" for i in range(300)]})
-    rows = dataset_ops.compare_map_modes(dataset, dataset_ops.tokenize_rows,
-                                         fn_kwargs={"tokenizer": tokenizer}, num_procs=(2,), batch_size=100)
+    rows = dataset_ops.compare_map_modes(
+        dataset, _tokenize, fn_kwargs={"tokenizer": tokenizer}, num_procs=(2,), batch_size=100
+    )
     assert [r["mode"] for r in rows] == ["per example", "batched", "batched, num_proc=2"]
     assert all(r["same output"] for r in rows)
     assert rows[0]["speed-up"] == 1.0 and all(r["seconds"] > 0 for r in rows)
@@ -67,11 +62,6 @@ def test_time_map_turns_the_cache_off(tmp_path):
     dataset_ops.time_map(dataset, count, batched=True)
     dataset_ops.time_map(dataset, count, batched=True)
     assert sum(calls) == 40  # recomputed, not served from the cache
-
-
-def test_add_lengths():
-    out = dataset_ops.add_lengths({"text": ["two words", "", "a  b   c"]})
-    assert out == {"n_chars": [9, 0, 8], "n_words": [2, 0, 3]}
 
 
 def test_alpaca_format_with_and_without_input():
@@ -100,8 +90,10 @@ def _stream(name, n):
 
 
 def test_interleaved_streams_follow_the_requested_mix():
-    streams = [dataset_ops.as_text_stream(_stream(name, 5000), lambda r: str(r["value"]), name)
-               for name in ("a", "b")]
+    streams = [
+        dataset_ops.as_text_stream(_stream(name, 5000), lambda r: str(r["value"]), name)
+        for name in ("a", "b")
+    ]
     assert isinstance(streams[0], IterableDataset)
     assert next(iter(streams[0])) == {"text": "0", "origin": "a"}
     mixed = interleave_datasets(streams, probabilities=[0.8, 0.2], seed=0)
@@ -127,20 +119,26 @@ def test_word_counts_lowercases_and_ignores_punctuation():
     assert counts.most_common(2) == [("the", 3), ("cat", 1)] and counts["x"] == 1
 
 
-def test_memory_mapped_load_costs_less_ram_than_an_in_memory_copy(tmp_path):
-    dataset = Dataset.from_dict({"text": ["x" * 1000] * 30000})  # 30 MB of text
-    rows = dataset_ops.memory_mapping_report(dataset, tmp_path / "saved")
-    mapped, in_memory = rows
-    assert mapped["table"] == "MemoryMappedTable" and in_memory["table"] == "InMemoryTable"
-    assert mapped["rows"] == in_memory["rows"] == 30000 and mapped["MB on disk"] >= 30
-    assert mapped["MB of RAM allocated"] < 1 and in_memory["MB of RAM allocated"] >= 30
+def test_arrow_allocated_bytes_sees_an_in_memory_load_but_not_a_memory_mapped_one(tmp_path):
+    from datasets import load_from_disk
+
+    Dataset.from_dict({"text": ["x" * 1000] * 30000}).save_to_disk(tmp_path / "saved")  # 30 MB of text
     assert folder_bytes(tmp_path / "saved") > 30e6
+    before = dataset_ops.arrow_allocated_bytes()
+    mapped = load_from_disk(tmp_path / "saved")
+    after_mapped = dataset_ops.arrow_allocated_bytes()
+    in_memory = load_from_disk(tmp_path / "saved", keep_in_memory=True)
+    after_copy = dataset_ops.arrow_allocated_bytes()
+    assert type(mapped.data).__name__ == "MemoryMappedTable" and len(in_memory) == 30000
+    assert after_mapped - before < 1e6 and after_copy - after_mapped >= 30e6
 
 
 def test_preference_text_accepts_strings_and_conversations():
     assert dataset_ops.preference_text({"prompt": "Q?", "chosen": "A.", "rejected": "B."}) == "Q?\nA."
-    conversation = {"prompt": [{"role": "user", "content": "Q?"}],
-                    "chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
+    conversation = {
+        "prompt": [{"role": "user", "content": "Q?"}],
+        "chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
+    }
     assert dataset_ops.preference_text(conversation) == "Q?\nA."
     with pytest.raises(CourseError, match="missing \\['chosen'\\]"):
         dataset_ops.preference_text({"prompt": "Q?"})

@@ -1,31 +1,33 @@
 import math
 
+import pytest
 import torch
 
-from course_lib.assets.pretrain import block_perplexity, pack_blocks
-from course_lib.custom_model import BigramConfig, BigramLM
-from course_lib.evaluation import perplexity_baselines
+from course_lib.evaluation import bigram_log_probs, exact_match, perplexity_baselines
 
 
-def test_uniform_model_has_perplexity_equal_to_vocab_size():
-    model = BigramLM(BigramConfig(vocab_size=37))  # zero logits: uniform
-    blocks = pack_blocks(torch.randint(0, 37, (100,)), 10)
-    assert blocks.shape == (10, 10)
-    assert math.isclose(block_perplexity(model, blocks), 37, rel_tol=1e-5)
+def test_bigram_log_probs_match_hand_counts():
+    log_probs = bigram_log_probs(torch.tensor([0, 1, 0, 1, 0, 2]), vocab_size=3, smoothing=1.0)
+    # after token 0: counts 1->2, 2->1, plus 1 smoothing each: (1, 3, 2) / 6
+    assert torch.allclose(log_probs[0].exp(), torch.tensor([1 / 6, 3 / 6, 2 / 6]))
+    assert torch.allclose(log_probs.exp().sum(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match="smoothing"):
+        bigram_log_probs(torch.tensor([0, 1]), 3, smoothing=0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        bigram_log_probs(torch.tensor([0, 9]), 4)
 
 
 def test_pretrained_beats_both_baselines(course_lm):
     model, tokenizer = course_lm
-    rows = {r["model"].split()[0]: r["perplexity"] for r in perplexity_baselines(model, tokenizer, max_blocks=40)}
+    rows = {
+        r["model"].split()[0]: r["perplexity"] for r in perplexity_baselines(model, tokenizer, max_blocks=40)
+    }
     assert rows["pretrained"] < rows["bigram"] < rows["untrained"]
     assert rows["untrained"] > 0.5 * len(tokenizer)
+    assert math.isfinite(rows["bigram"])
 
 
 def test_exact_match():
-    from course_lib.evaluation import exact_match
-
     assert exact_match(["json ", "os"], ["json", "sys"]) == 0.5
-    import pytest
-
     with pytest.raises(ValueError, match="2 predictions for 1"):
         exact_match(["a", "b"], ["a"])

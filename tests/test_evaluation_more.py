@@ -1,5 +1,5 @@
-"""Chapter 9's evaluation tools: sliding-window perplexity, generation metrics, decoding helpers."""
-import copy
+"""Chapter 9's evaluation tools: sliding-window perplexity and generation metrics."""
+
 import math
 
 import pytest
@@ -8,23 +8,27 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from course_lib import evaluation
 from course_lib.assets.pretrain import block_perplexity, pack_blocks
-from course_lib.generation import (DECODING_STRATEGIES, REPETITION_CONTROLS, StopOnText, compare_decoding,
-                                   decoding_config, generate_batch)
-from course_lib.profiles import CourseError
-
-PROMPTS = ["The module defines", "Return the", "class Queue"]
 
 
 @pytest.fixture(scope="module")
 def tiny_lm():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).eval()
 
 
-@pytest.mark.parametrize("length,max_length,stride", [(37, 10, 4), (37, 10, 10), (10, 10, 3), (11, 10, 10),
-                                                      (2, 5, 5), (100, 16, 1)])
+@pytest.mark.parametrize(
+    "length,max_length,stride",
+    [(37, 10, 4), (37, 10, 10), (10, 10, 3), (11, 10, 10), (2, 5, 5), (100, 16, 1)],
+)
 def test_sliding_windows_score_every_token_once(length, max_length, stride):
     windows = evaluation.sliding_windows(length, max_length, stride)
     scored = [t for _, end, first in windows for t in range(first, end)]
@@ -60,8 +64,10 @@ def _by_hand(model, sequence, max_length, stride):
 @pytest.mark.parametrize("stride", [3, 10])
 def test_sliding_window_perplexity_matches_a_hand_computation(tiny_lm, stride):
     generator = torch.Generator().manual_seed(1)
-    sequences = [torch.randint(0, 50, (37,), generator=generator).tolist(),
-                 torch.randint(0, 50, (6,), generator=generator).tolist()]
+    sequences = [
+        torch.randint(0, 50, (37,), generator=generator).tolist(),
+        torch.randint(0, 50, (6,), generator=generator).tolist(),
+    ]
     hand = [lp for s in sequences for lp in _by_hand(tiny_lm, s, 10, stride)]
     result = evaluation.perplexity_of_ids(tiny_lm, sequences, max_length=10, stride=stride, batch_size=3)
     assert result["scored tokens"] == len(hand)
@@ -87,6 +93,16 @@ def test_disjoint_windows_equal_block_perplexity(course_lm):
     result = evaluation.perplexity_of_ids(model, [stream.tolist()], max_length=128, stride=128)
     assert math.isclose(result["perplexity"], block_perplexity(model, blocks), rel_tol=1e-4)
     assert result["windows"] == 12 and result["scored tokens"] == 12 * 127
+
+
+def test_held_out_perplexity_is_block_perplexity_and_its_variants_score_the_same_tokens(course_lm):
+    model, tokenizer = course_lm
+    blocks = pack_blocks(evaluation.corpus_ids(tokenizer, "validation"), 128)[:6]
+    disjoint = evaluation.held_out_perplexity(model, tokenizer, max_blocks=6)
+    assert math.isclose(disjoint["perplexity"], block_perplexity(model, blocks), rel_tol=1e-4)
+    assert disjoint["scored tokens"] == 6 * 127
+    sliding = evaluation.held_out_perplexity(model, tokenizer, stride=64, max_blocks=6)
+    assert sliding["scored tokens"] == 6 * 128 - 1 and sliding["windows"] > disjoint["windows"]
 
 
 def test_text_perplexity_is_token_weighted(course_lm):
@@ -115,64 +131,6 @@ def test_distinct_n_and_repetition_by_hand():
         evaluation.generation_metrics([])
 
 
-def test_decoding_configs_are_valid_and_bad_ones_fail_clearly(course_lm):
-    _, tokenizer = course_lm
-    for strategy in DECODING_STRATEGIES.values():
-        for control in [{}, *REPETITION_CONTROLS.values()]:
-            config = decoding_config(tokenizer, 5, **strategy, **control)
-            assert config.pad_token_id == tokenizer.pad_token_id
-    with pytest.raises(CourseError, match="temperature"):
-        decoding_config(tokenizer, do_sample=False, temperature=0.5)
-    with pytest.raises(CourseError, match="max_new_tokens"):
-        decoding_config(tokenizer, 0)
-
-
-def test_generate_batch_matches_single_prompts(course_lm):
-    model, tokenizer = course_lm
-    batch = generate_batch(model, tokenizer, PROMPTS, {"do_sample": False}, max_new_tokens=12)
-    assert tokenizer.padding_side == "right"  # restored
-    for prompt, ids in zip(PROMPTS, batch):
-        single = model.generate(**tokenizer(prompt, return_tensors="pt"),
-                                generation_config=decoding_config(tokenizer, 12, do_sample=False))
-        expected = [t for t in single[0, len(tokenizer(prompt)["input_ids"]):].tolist()]
-        expected = expected[: expected.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in expected else expected
-        assert ids == expected
-    no_pad = copy.deepcopy(tokenizer)
-    no_pad.pad_token = None
-    assert generate_batch(model, no_pad, PROMPTS, {"do_sample": False}, max_new_tokens=12) == batch
-    assert no_pad.pad_token is None and no_pad.padding_side == "right"
-    sampled = generate_batch(model, tokenizer, PROMPTS, DECODING_STRATEGIES["top-p sampling (p=0.9)"], 12, seed=3)
-    assert sampled == generate_batch(model, tokenizer, PROMPTS, DECODING_STRATEGIES["top-p sampling (p=0.9)"], 12,
-                                     seed=3)
-
-
-def test_stop_on_text_agrees_with_the_built_in_stop_strings(course_lm):
-    model, tokenizer = course_lm
-    stopped = generate_batch(model, tokenizer, PROMPTS, {"do_sample": False}, 40, stop_texts=["."])
-    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in stopped]
-    for ids, text in zip(stopped, texts):
-        assert len(ids) == 40 or ("." in text and "." not in tokenizer.decode(ids[:-1], skip_special_tokens=True))
-    tokenizer.padding_side = "left"
-    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    tokenizer.padding_side = "right"
-    built_in = model.generate(**inputs, tokenizer=tokenizer,
-                              generation_config=decoding_config(tokenizer, 40, do_sample=False, stop_strings=["."]))
-    width = inputs["input_ids"].shape[1]
-    assert texts == [tokenizer.decode(row[width:], skip_special_tokens=True) for row in built_in]
-    with pytest.raises(CourseError, match="non-empty"):
-        StopOnText(tokenizer, [""], 3)
-
-
-def test_compare_decoding_and_no_repeat_ngrams(course_lm):
-    model, tokenizer = course_lm
-    settings = {"greedy": {"do_sample": False},
-                "greedy + no_repeat_ngram_size=3": {"do_sample": False, "no_repeat_ngram_size": 3}}
-    rows, texts = compare_decoding(model, tokenizer, PROMPTS, settings, max_new_tokens=30)
-    assert [r["decoding"] for r in rows] == list(settings) and len(texts["greedy"]) == len(PROMPTS)
-    assert rows[1]["repeated 3-grams %"] == 0.0
-    assert rows[0]["repeated 3-grams %"] > 0.0  # greedy decoding of a small LM loops
-
-
 def test_ch09_checks(course_lm):
     from transformers import StoppingCriteria
 
@@ -181,7 +139,7 @@ def test_ch09_checks(course_lm):
     model, tokenizer = course_lm
 
     def distinct_2(sequences):
-        grams = [tuple(s[i:i + 2]) for s in sequences for i in range(len(s) - 1)]
+        grams = [tuple(s[i : i + 2]) for s in sequences for i in range(len(s) - 1)]
         return len(set(grams)) / len(grams)
 
     assert ch09.check_distinct_2(distinct_2).passed
@@ -200,7 +158,7 @@ def test_ch09_checks(course_lm):
             self.tokenizer, self.prompt_length = tokenizer, prompt_length
 
         def __call__(self, input_ids, scores, **kwargs):
-            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:])
+            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :])
             return torch.tensor(["\n" in t for t in texts], dtype=torch.bool)
 
     class NeverStop(StoppingCriteria):

@@ -40,3 +40,7 @@ def test_top_k_check(course_lm):
 
     assert ch01.check_top_k_next_tokens(good, model, tokenizer).passed
     assert not ch01.check_top_k_next_tokens(wrong, model, tokenizer).passed
+    rows = ch01.next_token_rows(model, tokenizer, "Return the", top_k=4)
+    probs = [r["probability"] for r in rows]
+    assert len(rows) == 4 and probs == sorted(probs, reverse=True) and sum(probs) <= 1
+    assert rows[0]["token"] == tokenizer.decode([rows[0]["token_id"]])

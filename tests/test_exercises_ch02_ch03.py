@@ -58,13 +58,15 @@ def test_top_words_check():
 # --- chapter 3 -------------------------------------------------------------------------------------
 
 def test_arguments_check(tmp_path):
+    from transformers import TrainingArguments
+
     from course_lib import training
     from course_lib.exercises import ch03
 
-    good = training.training_arguments(tmp_path, eval_steps=10, save_steps=10, max_steps=40,
-                                       report_to=["tensorboard"], seed=0)
+    good = TrainingArguments(tmp_path, **training.preset_arguments(
+        eval_steps=10, save_steps=10, report_to=["tensorboard"], seed=0), max_steps=40)
     assert ch03.check_arguments(good).passed
-    wrong = training.training_arguments(tmp_path, max_steps=40, report_to="none", seed=1)
+    wrong = TrainingArguments(tmp_path, **training.preset_arguments(report_to="none", seed=1), max_steps=40)
     message = ch03.check_arguments(wrong).message
     assert "eval_steps is 10" not in message and "report_to" in message and "seed is 1" in message
     assert not ch03.check_arguments({"eval_steps": 10}).passed
@@ -72,11 +74,15 @@ def test_arguments_check(tmp_path):
 
 def test_compute_metrics_check():
     import numpy as np
+    from transformers import EvalPrediction
 
     from course_lib.exercises import ch03
-    from course_lib.training import classification_metrics
 
-    assert ch03.check_compute_metrics(classification_metrics).passed
+    assert ch03.check_compute_metrics(ch03.reference_metrics).passed
+    logits = np.array([[2.0, 0, 0], [0, 2.0, 0], [0, 2.0, 0], [2.0, 0, 0]])
+    metrics = ch03.reference_metrics(EvalPrediction(predictions=(logits,), label_ids=np.array([0, 1, 2, 0])))
+    assert metrics["accuracy"] == 0.75
+    assert metrics["macro_f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
 
     def accuracy_only(eval_pred):
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions

@@ -5,17 +5,24 @@ import torch
 from course_lib import finetune as ft
 from course_lib.exercises import ch05
 
-
 # --- chapter 5 -----------------------------------------------------------------------------------
+
+
+def _lora(model, **settings):
+    from peft import LoraConfig, get_peft_model
+
+    with ft.ignore_checkpointing_rename():
+        return get_peft_model(copy.deepcopy(model), LoraConfig(task_type="CAUSAL_LM", **settings))
+
 
 def test_lora_targets_check(course_lm):
     model, _ = course_lm
-    good = ft.add_lora(copy.deepcopy(model), r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    good = _lora(model, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     feedback = ch05.check_lora_targets(good)
     assert feedback.passed and "%" in feedback.message
-    wide = ft.add_lora(copy.deepcopy(model), r=4)
+    wide = _lora(model, r=4, target_modules="all-linear")
     assert "q_proj" in ch05.check_lora_targets(wide).message and not ch05.check_lora_targets(wide).passed
-    assert "rank" in ch05.check_lora_targets(ft.add_lora(copy.deepcopy(model), target_modules=["q_proj", "v_proj"])).message
+    assert "rank" in ch05.check_lora_targets(_lora(model, r=8, target_modules=["q_proj", "v_proj"])).message
     assert not ch05.check_lora_targets(model).passed
 
 
@@ -43,19 +50,25 @@ def test_reward_margin_check(course_lm):
 
     def right(policy, reference, tokenizer, prompt, chosen, rejected, beta):
         def reward(answer):
-            return beta * (ft.completion_logprob(policy, tokenizer, prompt, answer)
-                           - ft.completion_logprob(reference, tokenizer, prompt, answer))
+            return beta * (
+                ft.completion_logprob(policy, tokenizer, prompt, answer)
+                - ft.completion_logprob(reference, tokenizer, prompt, answer)
+            )
+
         return reward(chosen) - reward(rejected)
 
     def without_reference(policy, reference, tokenizer, prompt, chosen, rejected, beta):
-        return beta * (ft.completion_logprob(policy, tokenizer, prompt, chosen)
-                       - ft.completion_logprob(policy, tokenizer, prompt, rejected))
+        return beta * (
+            ft.completion_logprob(policy, tokenizer, prompt, chosen)
+            - ft.completion_logprob(policy, tokenizer, prompt, rejected)
+        )
 
     assert ch05.check_reward_margin(right, policy, model, tokenizer, pairs).passed
     assert not ch05.check_reward_margin(without_reference, policy, model, tokenizer, pairs).passed
 
 
 # --- chapter 8 -----------------------------------------------------------------------------------
+
 
 def test_seen_share_check():
     from course_lib.exercises import ch08
@@ -77,29 +90,44 @@ def test_chat_dataset_check(course_lm):
     assert "columns" in ch08.check_chat_dataset(rows, rows, tokenizer).message
 
 
-def test_merged_weight_check(course_lm):
+def test_module_scores_check(course_lm):
     from course_lib.exercises import ch08
 
-    model, _ = course_lm
-    peft_model = ft.add_lora(copy.deepcopy(model), r=4, lora_alpha=16)
-    layer = "model.layers.0.self_attn.q_proj"
+    model, tokenizer = course_lm
+    modules = ft.frequent_answers(ft.task_rows("sft-data", "train", task="module"), 4)
+    held = ft.task_rows("sft-data", ("validation", "test"), task="module", answers=modules)
 
-    def right(peft_model, layer):
-        module = peft_model.get_submodule(f"base_model.model.{layer}")
-        return module.base_layer.weight + 4.0 * module.lora_B["default"].weight @ module.lora_A["default"].weight
+    def right(model, tokenizer, name, modules):
+        scores = []
+        for module in modules:
+            prefix = tokenizer(f"function {module}.")["input_ids"]
+            full = tokenizer(f"function {module}.{name}(")["input_ids"]
+            start = next((i for i, (a, b) in enumerate(zip(prefix, full)) if a != b), len(prefix))
+            with torch.no_grad():
+                log_probs = (
+                    model(input_ids=torch.tensor([full], device=model.device)).logits[0].log_softmax(-1)
+                )
+            scores.append(sum(log_probs[i - 1, full[i]].item() for i in range(start, len(full))))
+        return scores
 
-    def unscaled(peft_model, layer):
-        module = peft_model.get_submodule(f"base_model.model.{layer}")
-        return module.base_layer.weight + module.lora_B["default"].weight @ module.lora_A["default"].weight
+    def whole_text(model, tokenizer, name, modules):
+        scores = []
+        for module in modules:
+            full = tokenizer(f"function {module}.{name}(")["input_ids"]
+            with torch.no_grad():
+                log_probs = model(input_ids=torch.tensor([full])).logits[0].log_softmax(-1)
+            scores.append(sum(log_probs[i - 1, full[i]].item() for i in range(1, len(full))))
+        return scores
 
-    assert "still zero" in ch08.check_merged_weight(right, peft_model).message
-    with torch.no_grad():
-        peft_model.get_submodule(f"base_model.model.{layer}").lora_B["default"].weight.normal_(0, 0.1)
-    assert ch08.check_merged_weight(right, peft_model).passed
-    assert "lora_alpha / r" in ch08.check_merged_weight(unscaled, peft_model).message
+    assert ch08.check_module_scores(right, model, tokenizer, held, modules).passed
+    wrong = ch08.check_module_scores(whole_text, model, tokenizer, held, modules)
+    assert not wrong.passed and "prefix included" in wrong.message
+    short = ch08.check_module_scores(lambda m, t, n, mods: [0.0], model, tokenizer, held, modules)
+    assert not short.passed and "one per module" in short.message
 
 
 # --- chapter 4 -----------------------------------------------------------------------------------
+
 
 def test_card_data_check():
     from huggingface_hub import EvalResult, ModelCardData
@@ -107,9 +135,21 @@ def test_card_data_check():
     from course_lib.exercises import ch04
 
     def card(value, **overrides):
-        fields = dict(model_name="m", license="mit", language="en", library_name="transformers",
-                      eval_results=[EvalResult(task_type="text-generation", dataset_type="d", dataset_name="d",
-                                               metric_type="perplexity", metric_value=value)])
+        fields = dict(
+            model_name="m",
+            license="mit",
+            language="en",
+            library_name="transformers",
+            eval_results=[
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type="d",
+                    dataset_name="d",
+                    metric_type="perplexity",
+                    metric_value=value,
+                )
+            ],
+        )
         return ModelCardData(**(fields | overrides))
 
     assert ch04.check_card_data(card(156.09), 156.09).passed
@@ -125,9 +165,13 @@ def test_revision_files_check(course_lm, tmp_path):
     from course_lib.exercises import ch04
 
     model, tokenizer = course_lm
-    repo = sharing.save_model_repo(model, tokenizer, tmp_path / "repo")
+    repo = tmp_path / "repo"
+    model.save_pretrained(repo)
+    tokenizer.save_pretrained(repo)
     sharing.commit_folder(repo, "one", tag="v1.0")
-    (repo / "config.json").write_text((repo / "config.json").read_text().replace('"hidden_act"', '"hidden_act" '))
+    (repo / "config.json").write_text(
+        (repo / "config.json").read_text().replace('"hidden_act"', '"hidden_act" ')
+    )
     sharing.commit_folder(repo, "two", tag="v2.0")
     good = sharing.checkout_revision(repo, "v1.0", tmp_path / "good")
     assert ch04.check_revision_files(good, repo, "v1.0").passed
@@ -146,9 +190,11 @@ def test_next_tokens_app_check(course_lm):
 
     def next_tokens(prompt):
         with torch.no_grad():
-            logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1]
+            logits = model(**tokenizer(prompt, return_tensors="pt").to(model.device)).logits[0, -1]
         probabilities, ids = logits.softmax(-1).topk(5)
-        return [{"token": tokenizer.decode([int(i)]), "probability": float(p)} for p, i in zip(probabilities, ids)]
+        return [
+            {"token": tokenizer.decode([int(i)]), "probability": float(p)} for p, i in zip(probabilities, ids)
+        ]
 
     good = gr.Interface(next_tokens, gr.Textbox(), gr.JSON(), api_name="next_tokens", analytics_enabled=False)
     assert ch04.check_next_tokens_app(good, model, tokenizer).passed

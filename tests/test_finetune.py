@@ -16,34 +16,27 @@ def module_rows():
 
 
 def _sft_rows(pairs):
-    return Dataset.from_list([{"instruction": q, "input": "", "output": a, "task": "module",
-                               "source": f"{a}.{q}", "corpus_split": split} for q, a, split in pairs])
-
-
-def test_lora_config_defaults_and_overrides():
-    config = ft.lora_config(r=4)
-    assert config.r == 4 and config.lora_alpha == 16 and config.task_type == "CAUSAL_LM"
-    with pytest.raises(CourseError, match="rank"):
-        ft.lora_config(r=0)
-
-
-def test_add_lora_freezes_the_base_and_is_seeded(course_lm):
-    from course_lib.models import count_parameters
-
-    model, _ = course_lm
-    first = ft.add_lora(copy.deepcopy(model), seed=1)
-    second = ft.add_lora(copy.deepcopy(model), seed=1)
-    counts = count_parameters(first)
-    assert 0 < counts["trainable_%"] < 10
-    assert all("lora_" in name for name, p in first.named_parameters() if p.requires_grad)
-    a1 = {n: p for n, p in first.named_parameters() if "lora_A" in n}
-    a2 = {n: p for n, p in second.named_parameters() if "lora_A" in n}
-    assert a1 and all(torch.equal(a1[n], a2[n]) for n in a1)
+    return Dataset.from_list(
+        [
+            {
+                "instruction": q,
+                "input": "",
+                "output": a,
+                "task": "module",
+                "source": f"{a}.{q}",
+                "corpus_split": split,
+            }
+            for q, a, split in pairs
+        ]
+    )
 
 
 def test_adapter_round_trip_and_merge_keep_outputs(course_lm, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
     model, tokenizer = course_lm
-    peft_model = ft.add_lora(copy.deepcopy(model))
+    with ft.ignore_checkpointing_rename():
+        peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(target_modules="all-linear"))
     with torch.no_grad():  # move the adapters away from their zero-initialised B matrices
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
@@ -53,28 +46,40 @@ def test_adapter_round_trip_and_merge_keep_outputs(course_lm, tmp_path):
     peft_model.save_pretrained(tmp_path)
     names = [row["file"] for row in ft.saved_files(tmp_path)]
     assert "adapter_model.safetensors" in names and "adapter_config.json" in names
-    reloaded = ft.load_adapter(copy.deepcopy(model), tmp_path)
+    with ft.ignore_checkpointing_rename():
+        reloaded = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path)
     assert ft.max_logit_difference(peft_model, reloaded, tokenizer, texts) == 0.0
     merged = reloaded.merge_and_unload()
     assert ft.max_logit_difference(peft_model, merged, tokenizer, texts) < 1e-4
-    with pytest.raises(CourseError, match="adapter_config"):
-        ft.load_adapter(copy.deepcopy(model), tmp_path / "missing")
     with pytest.raises(CourseError, match="no files"):
         ft.saved_files(tmp_path / "missing")
 
 
-def test_configs_are_cpu_safe_and_reject_old_names(tmp_path):
+def test_shared_defaults_make_cpu_safe_configs(tmp_path):
+    """What the chapters write: SFTConfig(..., **TRL_DEFAULTS, **device_flags()), and DPOConfig alike."""
+    from trl import DPOConfig, SFTConfig
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no FutureWarning from TRL's gradient_checkpointing default
-        sft = ft.sft_config(tmp_path, max_steps=3)
-        dpo = ft.dpo_config(tmp_path, beta=0.2)
+        sft = SFTConfig(
+            output_dir=str(tmp_path),
+            max_steps=3,
+            activation_checkpointing=False,
+            **ft.device_flags("cpu"),
+            **ft.TRL_DEFAULTS,
+        )
+        dpo = DPOConfig(
+            output_dir=str(tmp_path),
+            beta=0.2,
+            activation_checkpointing=False,
+            **ft.device_flags("cpu"),
+            **ft.TRL_DEFAULTS,
+        )
     for config in (sft, dpo):
         assert config.bf16 is False and config.activation_checkpointing is False
         assert config.gradient_checkpointing is False and config.report_to in ([], "none", ["none"])
-        assert config.seed == 0
+        assert config.seed == 0 and config.lr_scheduler_type == "constant"
     assert sft.max_steps == 3 and dpo.beta == 0.2
-    with pytest.raises(CourseError, match="max_seq_length"):
-        ft.sft_config(tmp_path, max_seq_length=64)
 
 
 def test_device_flags():
@@ -107,15 +112,32 @@ def test_formats_for_trl(course_lm):
     chat = ft.sft_dataset(rows, style="chat")[0]
     assert chat["prompt"] == [{"role": "user", "content": "Which module defines `dumps`?"}]
     assert chat["completion"] == [{"role": "assistant", "content": "json"}]
-    prefs = Dataset.from_list([{"prompt": "Q?", "chosen": "a", "rejected": "b", "task": "module",
-                                "source": "x", "corpus_split": "train"}])
-    assert ft.preference_dataset(prefs)[0] == {"prompt": "Question: Q?\nAnswer:", "chosen": " a", "rejected": " b"}
+    prefs = Dataset.from_list(
+        [
+            {
+                "prompt": "Q?",
+                "chosen": "a",
+                "rejected": "b",
+                "task": "module",
+                "source": "x",
+                "corpus_split": "train",
+            }
+        ]
+    )
+    assert ft.preference_dataset(prefs)[0] == {
+        "prompt": "Question: Q?\nAnswer:",
+        "chosen": " a",
+        "rejected": " b",
+    }
     assert ft.instruction_text({"instruction": "Sum", "input": "1 2"}) == "Sum\n\n1 2"
     with pytest.raises(CourseError, match="style"):
         ft.format_prompt("x", "markdown")
     chat_ids = ft.prompt_ids(tokenizer, "Hi", "chat")
     assert chat_ids[-3:] == tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"][-3:]
-    assert ft.stop_token_ids(tokenizer) == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert ft.stop_token_ids(tokenizer) == [
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ]
 
 
 def test_generate_answers_is_greedy_and_batch_independent(course_lm):
@@ -130,13 +152,19 @@ def test_generate_answers_is_greedy_and_batch_independent(course_lm):
 
 def test_scores_and_tables(course_lm):
     model, tokenizer = course_lm
-    rows = _sft_rows([("Which module defines `dumps`?", "json", "train"),
-                      ("Which module defines `join`?", "os.path", "validation")])
+    rows = _sft_rows(
+        [
+            ("Which module defines `dumps`?", "json", "train"),
+            ("Which module defines `join`?", "os.path", "validation"),
+        ]
+    )
     score = ft.exact_match_score(model, tokenizer, rows, max_new_tokens=4)
     assert score["n"] == 2 and score["exact_match"] == 0.0  # the pretrained LM does not answer questions
     by_split = ft.exact_match_by(rows, ["json", "posixpath"])
-    assert by_split == [{"corpus_split": "train", "n": 1, "exact_match": 1.0},
-                        {"corpus_split": "validation", "n": 1, "exact_match": 0.0}]
+    assert by_split == [
+        {"corpus_split": "train", "n": 1, "exact_match": 1.0},
+        {"corpus_split": "validation", "n": 1, "exact_match": 0.0},
+    ]
     assert ft.majority_exact_match(rows, rows)["exact_match"] == 0.5
     table = ft.answers_table(rows, {"model": ["json", "os"]})
     assert table[0]["model"] == "✓ json" and table[1]["model"] == "✗ os"
@@ -159,27 +187,58 @@ def test_completion_logprob_matches_a_manual_sum(course_lm):
 
 def test_sft_and_dpo_train_and_report(course_lm, tmp_path):
     """A few real optimizer steps through TRL, under the strict warning filters of the test suite."""
-    from trl import DPOTrainer, SFTTrainer
+    from peft import LoraConfig, get_peft_model
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     model, tokenizer = course_lm
+
+    def with_lora():
+        with ft.ignore_checkpointing_rename():
+            return get_peft_model(copy.deepcopy(model), LoraConfig(target_modules="all-linear"))
+
     top = ft.frequent_answers(ft.task_rows("sft-data", "train", task="module"), 3)
     train = ft.task_rows("sft-data", "train", task="module", answers=top, limit=16)
-    sft = SFTTrainer(model=ft.add_lora(copy.deepcopy(model)), processing_class=tokenizer,
-                     args=ft.sft_config(tmp_path / "sft", max_steps=2, disable_tqdm=True),
-                     train_dataset=ft.sft_dataset(train))
+    settings = {
+        "max_steps": 2,
+        "disable_tqdm": True,
+        "per_device_train_batch_size": 8,
+        "max_length": 128,
+        "activation_checkpointing": False,
+        **ft.device_flags(),
+        **ft.TRL_DEFAULTS,
+    }
+    sft = SFTTrainer(
+        model=with_lora(),
+        processing_class=tokenizer,
+        args=SFTConfig(output_dir=str(tmp_path / "sft"), **settings),
+        train_dataset=ft.sft_dataset(train),
+    )
     shown = ft.loss_text(tokenizer, sft.train_dataset[0])
-    assert shown["text"].startswith("Question: ") and shown["text_with_loss"] == f" {train[0]['output']}<|eos|>"
+    assert (
+        shown["text"].startswith("Question: ") and shown["text_with_loss"] == f" {train[0]['output']}<|eos|>"
+    )
     with pytest.raises(CourseError, match="labels"):
         ft.loss_text(tokenizer, {"input_ids": [1, 2]})
-    report = ft.run_training(sft)
-    assert report["steps"] == 2 and report["train_loss"] > 0 and report["seconds"] >= 0
+    with ft.ignore_checkpointing_rename():
+        result = sft.train()
+    assert result.global_step == 2 and result.training_loss > 0
     pairs = ft.task_rows("preference-data", "train", task="module", answers=top, limit=8)
-    dpo = DPOTrainer(model=ft.add_lora(copy.deepcopy(model)), processing_class=tokenizer,
-                     args=ft.dpo_config(tmp_path / "dpo", max_steps=2, disable_tqdm=True, learning_rate=1e-3),
-                     train_dataset=ft.preference_dataset(pairs), eval_dataset=ft.preference_dataset(pairs))
+    dpo = DPOTrainer(
+        model=with_lora(),
+        processing_class=tokenizer,
+        args=DPOConfig(output_dir=str(tmp_path / "dpo"), **settings, learning_rate=1e-3),
+        train_dataset=ft.preference_dataset(pairs),
+        eval_dataset=ft.preference_dataset(pairs),
+    )
     before = ft.reward_metrics(dpo)
-    assert before == {"reward_accuracy": 0.0, "reward_margin": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0}
-    ft.run_training(dpo)
+    assert before == {
+        "reward_accuracy": 0.0,
+        "reward_margin": 0.0,
+        "chosen_reward": 0.0,
+        "rejected_reward": 0.0,
+    }
+    with ft.ignore_checkpointing_rename():
+        dpo.train()
     after = ft.reward_metrics(dpo)
     assert after["reward_margin"] > 0
     with pytest.raises(CourseError, match="eval_dataset"):
@@ -193,10 +252,16 @@ def test_group_tables():
     assert ft.is_correct(["json", " os", "x"], rows["output"]) == [True, True, False]
     by = ft.exact_match_by(rows, ["json", "x", "re"], column="seen", groups=[True, False, False])
     assert by == [{"seen": False, "n": 2, "exact_match": 0.5}, {"seen": True, "n": 1, "exact_match": 1.0}]
-    pivot = ft.exact_match_table(rows, {"a": ["json", "os", "re"], "b": ["x", "os", "x"]},
-                                 groups=["g1", "g1", "g2"], difference=("a", "b"))
-    assert pivot == [{"group": "g1", "n": 2, "a": 1.0, "b": 0.5, "a - b": 0.5},
-                     {"group": "g2", "n": 1, "a": 1.0, "b": 0.0, "a - b": 1.0}]
+    pivot = ft.exact_match_table(
+        rows,
+        {"a": ["json", "os", "re"], "b": ["x", "os", "x"]},
+        groups=["g1", "g1", "g2"],
+        difference=("a", "b"),
+    )
+    assert pivot == [
+        {"group": "g1", "n": 2, "a": 1.0, "b": 0.5, "a - b": 0.5},
+        {"group": "g2", "n": 1, "a": 1.0, "b": 0.0, "a - b": 1.0},
+    ]
     with pytest.raises(CourseError, match="difference"):
         ft.exact_match_table(rows, {"a": ["json"] * 3}, groups=[1, 1, 1], difference=("a", "c"))
     with pytest.raises(ValueError, match="2 group labels"):
@@ -227,5 +292,40 @@ def test_corpus_knowledge_helpers(course_lm):
     assert pretrained["chance"] == 0.125 and len(pretrained["predictions"]) == len(held)
     # the pretrained LM places held-out functions in their module far above chance; random init does not
     assert pretrained["accuracy"] > 2 * pretrained["chance"] > untrained["accuracy"]
+    scores = ft.module_scores(model, tokenizer, ft.function_name(held[0]), modules)
+    assert len(scores) == len(modules) and all(score < 0 for score in scores)
+    assert modules[scores.index(max(scores))] == pretrained["predictions"][0]
     with pytest.raises(CourseError, match="template"):
         ft.module_probe(model, tokenizer, held, modules, template="{name} in {module}")
+
+
+class _Fed(Exception):
+    """Raised by :class:`_Recorder` with the devices of the tensors it was given."""
+
+
+class _Recorder(torch.nn.Module):
+    """A model that says it lives on the ``meta`` device and reports where its inputs are."""
+
+    device = torch.device("meta")
+
+    def forward(self, **inputs):
+        raise _Fed({value.device.type for value in inputs.values() if isinstance(value, torch.Tensor)})
+
+    generate = forward
+
+
+@pytest.mark.parametrize(
+    "helper", ["generate_answers", "completion_logprob", "module_scores", "max_logit_difference"]
+)
+def test_inputs_go_to_the_model_device(course_lm, helper):
+    """Issue 15: every tensor these helpers build for a model is created on ``model.device``."""
+    _, tokenizer = course_lm
+    calls = {
+        "generate_answers": lambda m: ft.generate_answers(m, tokenizer, ["Which module?"]),
+        "completion_logprob": lambda m: ft.completion_logprob(m, tokenizer, "Which module?", "json"),
+        "module_scores": lambda m: ft.module_scores(m, tokenizer, "dumps", ["json", "pickle"]),
+        "max_logit_difference": lambda m: ft.max_logit_difference(m, m, tokenizer, ["Return the"]),
+    }
+    with pytest.raises(_Fed) as fed:
+        calls[helper](_Recorder())
+    assert fed.value.args[0] == {"meta"}

@@ -14,12 +14,12 @@ LAYERS = [
     {"profiles"},
     {"claims", "assets", "prep", "loop"},
     {"models", "data"},
-    {"env", "custom_model", "dataset_ops"},
-    {"evaluation", "checks", "training", "display", "pipelines"},
+    {"env", "dataset_ops"},
+    {"evaluation", "checks", "training", "display"},
     {"generation", "finetune"},
     {"peft_methods", "serving", "pretraining"},
     {"quantization", "sharing", "distributed"},
-    {"bench", "cheatsheets", "train_config", "assignments"},
+    {"bench", "cheatsheets", "assignments"},
     {"exercises", "__main__", "__init__"},
 ]
 

@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from course_lib.models import (as_dtype, count_parameters, load_model, memory_by_dtype, pick_dtype,
-                               source_of, tensor_bytes)
+from course_lib.models import (
+    as_dtype,
+    count_parameters,
+    load_model,
+    memory_by_dtype,
+    pick_dtype,
+    source_of,
+    tensor_bytes,
+)
 from course_lib.profiles import CourseError, resolve
 
 

@@ -8,10 +8,15 @@ from course_lib import prep
 from course_lib.prep import IGNORE_INDEX
 from course_lib.profiles import CourseError
 
-ROWS = [{"id": str(i), "text": f"Document number {i}.\n\nIt has a second paragraph about item {i}. " * 3}
-        for i in range(40)]
-SFT_ROW = {"instruction": "Which standard-library module defines the function `dumps`?", "input": "",
-           "output": "json"}
+ROWS = [
+    {"id": str(i), "text": f"Document number {i}.\n\nIt has a second paragraph about item {i}. " * 3}
+    for i in range(40)
+]
+SFT_ROW = {
+    "instruction": "Which standard-library module defines the function `dumps`?",
+    "input": "",
+    "output": "json",
+}
 
 
 def test_clean_text_normalises_and_is_idempotent():
@@ -23,8 +28,12 @@ def test_clean_text_normalises_and_is_idempotent():
 
 
 def test_clean_corpus_counts_every_step():
-    rows = ROWS[:3] + [ROWS[0], {"id": "x", "text": "  \n"}, {"id": "y", "text": "too short"},
-                       ROWS[1] | {"text": ROWS[1]["text"].replace("\n", "\r\n")}]
+    rows = ROWS[:3] + [
+        ROWS[0],
+        {"id": "x", "text": "  \n"},
+        {"id": "y", "text": "too short"},
+        ROWS[1] | {"text": ROWS[1]["text"].replace("\n", "\r\n")},
+    ]
     kept, steps = prep.clean_corpus(rows, min_chars=50)
     assert [s["documents"] for s in steps] == [7, 6, 4, 3]
     assert [s["removed"] for s in steps] == [0, 1, 2, 1]
@@ -42,8 +51,10 @@ def test_clean_corpus_rejects_bad_arguments():
 def test_cleaning_a_simulated_crawl_gives_back_the_clean_corpus():
     crawl, injected = prep.simulate_crawl(ROWS, seed=1)
     assert len(crawl) == len(ROWS) + sum(v for k, v in injected.items() if "in place" not in k)
-    assert any("\x00" in r["text"] or "\x0c" in r["text"] or "\x1b" in r["text"] or "\x7f" in r["text"]
-               for r in crawl)
+    assert any(
+        "\x00" in r["text"] or "\x0c" in r["text"] or "\x1b" in r["text"] or "\x7f" in r["text"]
+        for r in crawl
+    )
     kept_crawl, steps = prep.clean_corpus(crawl)
     kept_clean, _ = prep.clean_corpus(ROWS)
     assert sorted(r["text"] for r in kept_crawl) == sorted(r["text"] for r in kept_clean)
@@ -52,22 +63,13 @@ def test_cleaning_a_simulated_crawl_gives_back_the_clean_corpus():
     assert steps[3]["removed"] == injected["boilerplate lines"]
 
 
-def test_sft_messages_and_render_chat(course_lm):
-    _, tokenizer = course_lm
+def test_sft_messages():
     messages = prep.sft_messages(SFT_ROW | {"input": "def dumps(obj): ..."})
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
     assert messages[1]["content"].endswith("\n\ndef dumps(obj): ...")
     assert prep.sft_messages(SFT_ROW, system=None)[0]["role"] == "user"
-    text = prep.render_chat(tokenizer, messages)
-    assert text.startswith("<|im_start|>system\n") and text.endswith("json<|im_end|>\n")
-    assert prep.render_chat(tokenizer, messages[:-1], add_generation_prompt=True).endswith(
-        "<|im_start|>assistant\n")
     with pytest.raises(CourseError, match="instruction"):
         prep.sft_messages({"output": "x"})
-    bare = copy.deepcopy(tokenizer)
-    bare.chat_template = None
-    with pytest.raises(CourseError, match="chat template"):
-        prep.render_chat(bare, messages)
 
 
 def test_group_texts_packs_and_drops_only_the_tail():
@@ -82,8 +84,11 @@ def test_tokenize_and_pack_separates_documents_with_eos(course_lm):
     texts = [r["text"] for r in ROWS[:5]]
     packed = prep.tokenize_and_pack(Dataset.from_dict({"text": texts, "id": list("abcde")}), tokenizer, 16)
     assert packed.column_names == ["input_ids"]
-    stream = [t for text in texts for t in tokenizer(text, add_special_tokens=False)["input_ids"]
-              + [tokenizer.eos_token_id]]
+    stream = [
+        t
+        for text in texts
+        for t in tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ]
     assert len(packed) == len(stream) // 16
     assert [t for block in packed["input_ids"] for t in block] == stream[: len(packed) * 16]
 
@@ -101,25 +106,11 @@ def test_causal_lm_labels_give_the_models_own_loss(course_lm):
     labels = prep.causal_lm_labels(ids)
     assert torch.equal(labels, ids)  # not shifted
     with torch.no_grad():
-        out = model(input_ids=ids, labels=labels)
-    # the model's internal shift, written out, and a hand computation token by token
-    assert torch.allclose(out.loss, prep.causal_lm_loss(out.logits, labels), atol=1e-5)
+        out = model(input_ids=ids.to(model.device), labels=labels.to(model.device))
+    # the model's internal shift, written out token by token
     log_probs = out.logits[0].log_softmax(-1)
     by_hand = -torch.stack([log_probs[t, ids[0, t + 1]] for t in range(ids.shape[1] - 1)]).mean()
     assert torch.allclose(out.loss, by_hand, atol=1e-5)
-
-
-def test_hand_shifted_labels_train_two_tokens_ahead(course_lm):
-    model, tokenizer = course_lm
-    ids = tokenizer(["The with statement is used to wrap the execution of a block."],
-                    return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model(input_ids=ids, labels=prep.hand_shifted_labels(ids))
-    two_ahead = torch.nn.functional.cross_entropy(out.logits[0, :-2], ids[0, 2:])
-    assert torch.allclose(out.loss, two_ahead, atol=1e-5)
-    with torch.no_grad():
-        right = model(input_ids=ids, labels=prep.causal_lm_labels(ids)).loss
-    assert out.loss > right
 
 
 def test_padding_positions_are_ignored_in_labels():
@@ -142,8 +133,9 @@ def test_assistant_only_labels_decode_to_the_answer(course_lm):
 def test_templates_without_generation_markers_fall_back_to_the_prompt_prefix(course_lm):
     _, tokenizer = course_lm
     plain = copy.deepcopy(tokenizer)
-    plain.chat_template = (tokenizer.chat_template.replace("{% generation %}", "")
-                           .replace("{% endgeneration %}", ""))
+    plain.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace(
+        "{% endgeneration %}", ""
+    )
     messages = prep.sft_messages(SFT_ROW)
     marked, fallback = prep.tokenize_chat(tokenizer, messages), prep.tokenize_chat(plain, messages)
     assert fallback["input_ids"] == marked["input_ids"]
@@ -154,11 +146,13 @@ def test_templates_without_generation_markers_fall_back_to_the_prompt_prefix(cou
         prep.tokenize_chat(plain, messages + [{"role": "user", "content": "and loads?"}])
 
 
-def test_collated_padding_carries_no_loss(course_lm):
+def test_padded_features_carry_no_loss(course_lm):
     model, tokenizer = course_lm
-    features = [prep.tokenize_chat(tokenizer, prep.sft_messages(SFT_ROW | {"output": answer}))
-                for answer in ("json", "the json module, which also defines loads", "pickle")]
-    batch = prep.collate_causal(features, tokenizer)
+    features = [
+        prep.tokenize_chat(tokenizer, prep.sft_messages(SFT_ROW | {"output": answer}))
+        for answer in ("json", "the json module, which also defines loads", "pickle")
+    ]
+    batch = prep.pad_features(features, tokenizer.pad_token_id)
     lengths = [len(f["input_ids"]) for f in features]
     assert batch["input_ids"].shape == (3, max(lengths))
     assert batch["attention_mask"].sum(1).tolist() == lengths
@@ -171,20 +165,19 @@ def test_collated_padding_carries_no_loss(course_lm):
             n = int((labels[0, 1:] != IGNORE_INDEX).sum())
             total += model(input_ids=ids, labels=labels).loss.item() * n
             count += n
-        naive = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      labels=batch["input_ids"]).loss
+        naive = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"]
+        ).loss
     assert abs(batch_loss.item() - total / count) < 1e-4
     assert abs(naive.item() - batch_loss.item()) > 0.1
 
 
-def test_collate_needs_a_pad_token(course_lm):
-    _, tokenizer = course_lm
-    no_pad = copy.deepcopy(tokenizer)
-    no_pad.pad_token = None
-    with pytest.raises(CourseError, match="pad token"):
-        prep.collate_causal([{"input_ids": [1, 2]}], no_pad)
-    batch = prep.collate_causal([{"input_ids": [1, 2, 3]}, {"input_ids": [4]}], tokenizer)
+def test_pad_features_labels_examples_without_labels():
+    batch = prep.pad_features([{"input_ids": [1, 2, 3]}, {"input_ids": [4]}], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert batch["labels"].tolist() == [[1, 2, 3], [4, IGNORE_INDEX, IGNORE_INDEX]]
+    with pytest.raises(ValueError, match="at least one"):
+        prep.pad_features([], pad_token_id=0)
 
 
 def test_ch06_checks(course_lm):
@@ -198,7 +191,13 @@ def test_ch06_checks(course_lm):
     assert not raw.passed and "clean_text" in raw.message
 
     assert ch06.check_labels(prep.causal_lm_labels).passed
-    shifted = ch06.check_labels(lambda ids, mask: prep.hand_shifted_labels(ids))
+
+    def hand_shifted(ids, mask):  # the classic mistake: labels[t] = input_ids[t + 1]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        labels[:, :-1] = ids[:, 1:]
+        return labels
+
+    shifted = ch06.check_labels(hand_shifted)
     assert not shifted.passed and "shifted" in shifted.message
     unmasked = ch06.check_labels(lambda ids, mask: ids.clone())
     assert not unmasked.passed and "-100" in unmasked.message
@@ -207,13 +206,15 @@ def test_ch06_checks(course_lm):
 
     def by_prefix(tokenizer, messages):
         ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, return_dict=True,
-                                               add_generation_prompt=True)["input_ids"]
-        return ids, [IGNORE_INDEX] * len(prompt) + ids[len(prompt):]
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"]
+        return ids, [IGNORE_INDEX] * len(prompt) + ids[len(prompt) :]
 
     assert ch06.check_assistant_labels(by_prefix, tokenizer).passed
     everything = ch06.check_assistant_labels(
-        lambda tok, m: (by_prefix(tok, m)[0], by_prefix(tok, m)[0]), tokenizer)
+        lambda tok, m: (by_prefix(tok, m)[0], by_prefix(tok, m)[0]), tokenizer
+    )
     assert not everything.passed and "add_generation_prompt" in everything.message
 
 
@@ -222,20 +223,21 @@ def test_label_alignment_and_loss_reports(course_lm):
     ids = tokenizer("Return the number of items in the dictionary.")["input_ids"]
     rows = prep.label_alignment(tokenizer, torch.tensor(ids), positions=3)
     tokens = tokenizer.convert_ids_to_tokens(ids)
-    assert [r["target with labels=input_ids"] for r in rows] == tokens[1:4]
-    assert [r["target with hand-shifted labels"] for r in rows] == tokens[2:5]
+    assert [r["target, labels = ids"] for r in rows] == tokens[1:4]
+    assert [r["target, hand-shifted"] for r in rows] == tokens[2:5]
     with pytest.raises(ValueError, match="tokens"):
         prep.label_alignment(tokenizer, torch.tensor(ids[:3]))
 
     report = prep.assistant_loss_report(tokenizer, [SFT_ROW, SFT_ROW | {"output": "pickle"}])
-    assert report["conversations"] == 2 and report["loss text = the answer + ..."] == 2
+    assert report["conversations"] == 2 and report["loss text starts with the answer"] == 2
     assert report["what follows the answer"] == "'<|im_end|>' (2)"
     assert 0 < report["tokens with loss"] < report["tokens"]
 
     features = [prep.tokenize_chat(tokenizer, prep.sft_messages(SFT_ROW))]
     with torch.no_grad():
-        alone = model(input_ids=torch.tensor([features[0]["input_ids"]]),
-                      labels=torch.tensor([features[0]["labels"]])).loss.item()
+        alone = model(
+            input_ids=torch.tensor([features[0]["input_ids"]]), labels=torch.tensor([features[0]["labels"]])
+        ).loss.item()
     assert abs(prep.token_weighted_loss(model, features) - alone) < 1e-6
     with pytest.raises(ValueError, match="carries loss"):
         prep.token_weighted_loss(model, [{"input_ids": [5], "labels": [5]}])

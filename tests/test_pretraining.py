@@ -2,11 +2,20 @@ import math
 
 import pytest
 import torch
-from transformers import AutoTokenizer, TrainerCallback
+from datasets import Dataset
+from transformers import (
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainingArguments,
+)
 
 from course_lib import assets, pretraining
 from course_lib.assets.cache import read_manifest
-from course_lib.evaluation import unigram_perplexity
+from course_lib.assets.pretrain import MODEL_CONFIG, pack_blocks
+from course_lib.evaluation import corpus_ids, held_out_perplexity, unigram_perplexity
 from course_lib.profiles import CourseError
 
 
@@ -17,8 +26,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def small_blocks(tokenizer):
-    ids = pretraining.tokenize_split(tokenizer, assets.corpus(), "validation")
-    return pretraining.pack_blocks(ids, 32)[:64]
+    return pack_blocks(corpus_ids(tokenizer, "validation"), 32)[:64]
 
 
 def test_training_the_tokenizer_reproduces_the_course_tokenizer(tmp_path, tokenizer):
@@ -45,28 +53,39 @@ def test_corpus_texts():
         pretraining.corpus_texts("dev")
 
 
-def test_block_dataset_has_unshifted_labels(small_blocks):
-    dataset = pretraining.block_dataset(small_blocks[:3])
-    assert dataset["input_ids"][:] == dataset["labels"][:] == small_blocks[:3].tolist()
-    with pytest.raises(ValueError, match="n_blocks"):
-        pretraining.block_dataset(small_blocks[0])
-
-
-def test_pretraining_arguments(tmp_path):
-    args = pretraining.pretraining_arguments(tmp_path, max_steps=10, save_steps=5)
-    assert args.max_steps == 10 and args.save_steps == 5 and args.save_only_model
-    assert args.learning_rate == pretraining.SETTINGS["learning_rate"]
-    assert args.lr_scheduler_type.value == "constant_with_warmup" and args.seed == 0
-    assert pretraining.pretraining_arguments(tmp_path, max_steps=3).save_strategy.value == "no"
-    assert pretraining.pretraining_arguments(tmp_path, 3, learning_rate=1e-4).learning_rate == 1e-4
-    with pytest.raises(ValueError, match="max_steps"):
-        pretraining.pretraining_arguments(tmp_path, max_steps=0)
-
-
 def _tiny_run(tokenizer, blocks, folder, steps=6, save_steps=3):
-    model = pretraining.new_model(tokenizer, seed=0)
-    trainer = pretraining.pretrain(model, tokenizer, blocks, folder, max_steps=steps, save_steps=save_steps,
-                                   logging_steps=1, per_device_train_batch_size=4)
+    """Chapter 7's recipe, shrunk: the page writes the same calls."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **MODEL_CONFIG,
+        )
+    )
+    args = TrainingArguments(
+        folder,
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=2e-3,
+        logging_steps=1,
+        save_steps=save_steps,
+        save_only_model=True,
+        seed=0,
+        data_seed=0,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"input_ids": blocks.tolist()}),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        callbacks=[pretraining.ProgressBarCallback()],
+    )
+    trainer.train()
     return model, trainer
 
 
@@ -82,24 +101,25 @@ def test_pretrain_saves_checkpoints_and_is_repeatable(tmp_path, tokenizer, small
     _, again = _tiny_run(tokenizer, small_blocks, tmp_path / "b")
     assert [p["loss"] for p in pretraining.loss_curve(again.state.log_history)] == [p["loss"] for p in curve]
 
-    rows = pretraining.evaluate_checkpoints(tmp_path / "a", tokenizer, small_blocks[:8], ["Return the"],
-                                            max_new_tokens=4)
+    rows = pretraining.evaluate_checkpoints(
+        tmp_path / "a", tokenizer, ["Return the"], max_new_tokens=4, max_blocks=4
+    )
     assert [r["step"] for r in rows] == [3, 6]
-    final = pretraining.block_perplexity(model, small_blocks[:8])
+    final = held_out_perplexity(model, tokenizer, max_blocks=4)["perplexity"]
     assert math.isclose(rows[-1]["validation perplexity"], round(final, 1), rel_tol=1e-4)
     assert isinstance(rows[0]["Return the"], str)
     series = pretraining.loss_series(curve, rows)
     assert series[pretraining.HELD_OUT][1] == [round(math.log(r["validation perplexity"]), 3) for r in rows]
 
 
-def test_checkpoint_folders_and_errors(tmp_path, tokenizer, small_blocks):
+def test_checkpoint_folders_and_errors(tmp_path, tokenizer):
     (tmp_path / "checkpoint-20").mkdir()
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-final").mkdir()
     (tmp_path / "runs").mkdir()
     assert [s for s, _ in pretraining.checkpoint_folders(tmp_path)] == [3, 20]
     with pytest.raises(CourseError, match="save_steps"):
-        pretraining.evaluate_checkpoints(tmp_path / "empty", tokenizer, small_blocks, ["x"])
+        pretraining.evaluate_checkpoints(tmp_path / "empty", tokenizer, ["x"])
 
 
 def test_unigram_perplexity_by_hand():
@@ -119,19 +139,19 @@ def test_unigram_perplexity_by_hand():
 def test_course_checkpoint_matches_its_manifest(tokenizer):
     model, course_tokenizer = pretraining.course_checkpoint()
     assert course_tokenizer.get_vocab() == tokenizer.get_vocab()
-    blocks = pretraining.pack_blocks(pretraining.tokenize_split(tokenizer, assets.corpus(), "validation"), 128)
+    blocks = pack_blocks(corpus_ids(tokenizer, "validation"), 128)
     recorded = read_manifest(assets.lm())["validation_perplexity"]
-    assert math.isclose(pretraining.block_perplexity(model, blocks), recorded, rel_tol=1e-3)
-    train = pretraining.tokenize_split(tokenizer, assets.corpus(), "train")
+    assert math.isclose(held_out_perplexity(model, tokenizer)["perplexity"], recorded, rel_tol=1e-3)
+    train = corpus_ids(tokenizer, "train")
     assert recorded < unigram_perplexity(train, blocks, len(tokenizer)) / 3
 
 
-def test_ch07_checks(tokenizer, small_blocks):
+def test_ch07_checks(small_blocks):
     from course_lib.exercises import ch07
 
     history = [{"loss": 6.0, "step": 5}, {"loss": 5.0, "step": 10}, {"train_runtime": 3.0}]
     assert ch07.check_perplexity_from_loss(history, math.exp(5.0)).passed
-    assert "math.exp" in ch07.check_perplexity_from_loss(history, 2 ** 5.0).message
+    assert "math.exp" in ch07.check_perplexity_from_loss(history, 2**5.0).message
     assert "earlier" in ch07.check_perplexity_from_loss(history, math.exp(6.0)).message
 
     train = small_blocks.reshape(-1)
@@ -139,18 +159,20 @@ def test_ch07_checks(tokenizer, small_blocks):
     assert ch07.check_unigram_perplexity(right, train, small_blocks, 4096).passed
     assert not ch07.check_unigram_perplexity(right * 1.1, train, small_blocks, 4096).passed
 
-    class StopBelow(TrainerCallback):
-        def __init__(self, threshold):
-            self.threshold = threshold
+    def by_formula(config):
+        d, head_dim = config.hidden_size, config.head_dim
+        attention = 2 * d * head_dim * (config.num_attention_heads + config.num_key_value_heads)
+        layer = attention + 3 * d * config.intermediate_size + 2 * d
+        embedding = config.vocab_size * d
+        return embedding * (1 if config.tie_word_embeddings else 2) + config.num_hidden_layers * layer + d
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and logs.get("loss", float("inf")) < self.threshold:
-                control.should_training_stop = True
-
-    class NeverStops(TrainerCallback):
-        def __init__(self, threshold):
-            pass
-
-    assert ch07.check_stop_callback(StopBelow, tokenizer).passed
-    never = ch07.check_stop_callback(NeverStops, tokenizer)
-    assert not never.passed and "should_training_stop" in never.message
+    assert ch07.check_parameter_formula(by_formula).passed
+    always_tied = ch07.check_parameter_formula(
+        lambda c: by_formula(c) - (0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size)
+    )
+    assert not always_tied.passed and "untied" in always_tied.message and "lm_head" in always_tied.message
+    no_gqa = ch07.check_parameter_formula(
+        lambda c: by_formula(c) if c.num_key_value_heads == c.num_attention_heads else by_formula(c) + 1
+    )
+    assert not no_gqa.passed and "grouped-query" in no_gqa.message
+    assert "raised ZeroDivisionError" in ch07.check_parameter_formula(lambda c: 1 // 0).message

@@ -66,10 +66,29 @@ def test_gpu_rows_skip_with_a_note_without_cuda(blocks, monkeypatch):
         qz.quantization_table(blocks, names=["int3"])
 
 
+def _with_lora(model, r: int = 8, alpha: int = 16):
+    """Chapter 13's LoRA: every linear layer (what the page writes)."""
+    from peft import LoraConfig, get_peft_model
+
+    from course_lib.finetune import ignore_checkpointing_rename
+
+    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, target_modules="all-linear")
+    with ignore_checkpointing_rename():
+        return get_peft_model(model, config)
+
+
+def _qlora(r: int = 8, alpha: int = 16):
+    """Chapter 13's QLoRA recipe: NF4 base (repack off), prepared for k-bit training, LoRA."""
+    from peft import prepare_model_for_kbit_training
+
+    base = qz.load_quantized("bnb NF4 + double quant")
+    return _with_lora(prepare_model_for_kbit_training(base, use_gradient_checkpointing=False), r, alpha)
+
+
 def test_qlora_trains_only_lora_on_a_4bit_base(course_lm):
     from course_lib import peft_methods
 
-    model = qz.qlora_model(r=4, alpha=8)
+    model = _qlora(r=4, alpha=8)
     assert qz.quantized_linear_types(model) == {"Linear4bit (Params4bit weight)": 28}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -81,10 +100,13 @@ def test_qlora_trains_only_lora_on_a_4bit_base(course_lm):
 def test_chapter_13_exercise_checks(course_lm):
     from course_lib.exercises import ch13
 
-    rows = [{"method": "fp32 (baseline)", "saved_MB": 5.5, "weight_bits": 32},
-            {"method": "nf4", "saved_MB": 2.5, "weight_bits": 4}]
+    rows = [
+        {"method": "fp32 (baseline)", "saved_MB": 5.5, "weight_bits": 32},
+        {"method": "nf4", "saved_MB": 2.5, "weight_bits": 4},
+    ]
     assert ch13.check_compression(rows, "nf4", 2.2).passed
     assert "inverse" in ch13.check_compression(rows, "nf4", 2.5 / 5.5).message
+    assert all(len(line) <= 76 for line in ch13.check_compression(rows, "nf4", 2.2).message.splitlines())
     assert not ch13.check_compression(rows, "int3", 1.0).passed
 
     def right(model, candidates):
@@ -102,11 +124,12 @@ def test_chapter_13_exercise_checks(course_lm):
         return q.float() * scale.unsqueeze(1)
 
     assert ch13.check_absmax_roundtrip(quantize, dequantize).passed
+
     def truncating(w):  # a classic slip: truncate instead of round
         scale = w.abs().amax(dim=1, keepdim=True) / 127
         return torch.trunc(w / scale).to(torch.int8), scale.squeeze(1)
 
-    assert "half a step" in ch13.check_absmax_roundtrip(truncating, dequantize).message
+    assert "half a step" in " ".join(ch13.check_absmax_roundtrip(truncating, dequantize).message.split())
     assert not ch13.check_absmax_roundtrip(lambda w: (w, w.amax(1)), dequantize).passed
 
 
@@ -116,13 +139,15 @@ def test_cpu_int4_is_not_smaller_than_int8_on_disk_and_qlora_tracks_lora(course_
     from course_lib import peft_methods
     from course_lib.models import load_model
 
-    int8, int4 = (qz.measure(name, blocks)["saved_MB"] for name in ("torchao int8 weight-only",
-                                                                    "torchao int4 weight-only"))
+    int8, int4 = (
+        qz.measure(name, blocks)["saved_MB"]
+        for name in ("torchao int8 weight-only", "torchao int4 weight-only")
+    )
     assert int4 >= 0.95 * int8
     train = peft_methods.task_examples(course_lm[1], "train", limit=64)
     held_out = peft_methods.task_examples(course_lm[1], "validation", limit=32)
     losses = []
-    for model in (qz.qlora_model(), peft_methods.lora(load_model("causal-lm"))):
+    for model in (_qlora(), _with_lora(load_model("causal-lm"))):
         peft_methods.train_steps(model, train, steps=6, lr=3e-3, batch_size=8, progress=False)
         losses.append(peft_methods.answer_metrics(model, held_out)["loss"])
     assert abs(losses[0] - losses[1]) < 0.05 * losses[1]
@@ -146,3 +171,28 @@ def test_hub_profile_loads_the_hub_model_with_the_config(monkeypatch):
         qz.load_quantized("bnb NF4 + double quant")
     assert seen["source"] == "HuggingFaceTB/SmolLM2-135M"
     assert isinstance(seen["quantization_config"], BitsAndBytesConfig) and seen["device_map"] == "cpu"
+
+
+def test_report_rows_and_stored_gpu_results(tmp_path):
+    row = {
+        "method": "m",
+        "backend": "b",
+        "weight_bits": 4,
+        "device": "cpu",
+        "load_s": 1.0,
+        "footprint_MB": 2.0,
+        "saved_MB": 1.0,
+        "perplexity": 9.0,
+        "perplexity_after_reload": 9.0,
+        "reload_ok": True,
+        "tokens_per_s": 100,
+    }
+    assert qz.report_rows([row]) == [
+        {"method": "m", "bits": 4, "saved MB": 1.0, "perplexity": 9.0, "reloaded": 9.0, "tokens/s": 100}
+    ]
+    stored = qz.stored_gpu_results()  # the committed file
+    assert stored is None or (stored["stamp"]["device"] and stored["quantization"])
+    assert qz.stored_gpu_results(tmp_path / "absent.json") is None
+    (tmp_path / "bad.json").write_text('{"stamp": {}}')
+    with pytest.raises(CourseError, match="quantization"):
+        qz.stored_gpu_results(tmp_path / "bad.json")

@@ -1,19 +1,30 @@
 """Checks for chapter 2 (datasets)."""
+
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from ..dataset_ops import format_alpaca, word_counts
 from . import Feedback, verdict
 
 # Rows with and without an input, and a few awkward characters, to compare formatters on.
 ALPACA_PROBES = (
-    {"instruction": "Describe `json.dumps` in one sentence.", "input": "",
-     "output": "Serialize ``obj`` to a JSON formatted ``str``."},
-    {"instruction": "Which standard-library module defines this function?", "input": "`urlopen`",
-     "output": "urllib.request"},
-    {"instruction": "What are the parameters of `zip`?", "input": "  ", "output": "(*iterables, strict=False)"},
+    {
+        "instruction": "Describe `json.dumps` in one sentence.",
+        "input": "",
+        "output": "Serialize ``obj`` to a JSON formatted ``str``.",
+    },
+    {
+        "instruction": "Which standard-library module defines this function?",
+        "input": "`urlopen`",
+        "output": "urllib.request",
+    },
+    {
+        "instruction": "What are the parameters of `zip`?",
+        "input": "  ",
+        "output": "(*iterables, strict=False)",
+    },
 )
 
 
@@ -26,25 +37,34 @@ def check_short_answer_split(splits, source, max_words: int = 5) -> Feedback:
     ``max_words`` words, then split 90/10 into ``train``/``test`` with
     ``train_test_split(test_size=0.1, seed=0)``."""
     if not hasattr(splits, "keys") or set(splits.keys()) != {"train", "test"}:
-        return Feedback(False, "expected the DatasetDict that `train_test_split` returns, with 'train' and "
-                               "'test' splits.")
+        return Feedback(
+            False, "expected the DatasetDict that `train_test_split` returns, with 'train' and 'test' splits."
+        )
     problems = []
     expected = source.filter(lambda output: _is_short(output, max_words), input_columns="output")
     train, test = splits["train"], splits["test"]
     if len(train) + len(test) != len(expected):
-        problems.append(f"train + test hold {len(train) + len(test)} rows; {len(expected)} rows have an "
-                        f"output of at most {max_words} words (split on whitespace: `len(output.split())`).")
+        problems.append(
+            f"train + test hold {len(train) + len(test)} rows; {len(expected)} rows have an "
+            f"output of at most {max_words} words (split on whitespace: `len(output.split())`)."
+        )
     elif not all(_is_short(o, max_words) for o in list(train["output"]) + list(test["output"])):
         problems.append(f"some rows have outputs longer than {max_words} words.")
     if abs(len(test) - round(0.1 * len(expected))) > 1:
-        problems.append(f"the test split has {len(test)} rows; 10% would be about {round(0.1 * len(expected))}.")
+        problems.append(
+            f"the test split has {len(test)} rows; 10% would be about {round(0.1 * len(expected))}."
+        )
     if not problems:
         reference = expected.train_test_split(test_size=0.1, seed=0)
         if list(reference["test"]["output"]) != list(test["output"]):
-            problems.append("right sizes, but not the rows `seed=0` picks: pass seed=0 to train_test_split "
-                            "(and filter before splitting).")
-    return verdict(problems, f"{len(train)} train and {len(test)} test rows with short answers, "
-                             "reproducible with seed=0.")
+            problems.append(
+                "right sizes, but not the rows `seed=0` picks: pass seed=0 to train_test_split "
+                "(and filter before splitting)."
+            )
+    return verdict(
+        problems,
+        f"{len(train)} train and {len(test)} test rows with short answers, reproducible with seed=0.",
+    )
 
 
 def check_alpaca_formatter(formatter: Callable[[dict], str]) -> Feedback:
@@ -61,14 +81,19 @@ def check_alpaca_formatter(formatter: Callable[[dict], str]) -> Feedback:
         if got != expected:
             for number, (line_got, line_expected) in enumerate(zip(got.split("\n"), expected.split("\n")), 1):
                 if line_got != line_expected:
-                    problems.append(f"for {row['instruction'][:40]!r} line {number} is {line_got!r}, "
-                                    f"expected {line_expected!r}.")
+                    problems.append(
+                        f"for {row['instruction'][:40]!r} line {number} is {line_got!r}, "
+                        f"expected {line_expected!r}."
+                    )
                     break
             else:
-                problems.append(f"for {row['instruction'][:40]!r} the text has {got.count(chr(10))} line "
-                                f"breaks, expected {expected.count(chr(10))}.")
-    return verdict(problems, f"identical to the Alpaca format on {len(ALPACA_PROBES)} rows, with and "
-                             "without input.")
+                problems.append(
+                    f"for {row['instruction'][:40]!r} the text has {got.count(chr(10))} line "
+                    f"breaks, expected {expected.count(chr(10))}."
+                )
+    return verdict(
+        problems, f"identical to the Alpaca format on {len(ALPACA_PROBES)} rows, with and without input."
+    )
 
 
 def reference_top_words(k: int = 10) -> list[tuple[str, int]]:
@@ -95,9 +120,12 @@ def check_top_words(answer, k: int = 10) -> Feedback:
     wrong = [(w, c) for w, c in got if dict(expected).get(w) not in (None, c)]
     if wrong:
         word, count = wrong[0]
-        return Feedback(False, f"{word!r}: you counted {count:,}, the corpus has {dict(expected)[word]:,}. "
-                               "Lower-case the text and count runs of a-z (re.findall(r'[a-z]+', ...)) over "
-                               "every row of the train split.")
+        return Feedback(
+            False,
+            f"{word!r}: you counted {count:,}, the corpus has {dict(expected)[word]:,}. "
+            "Lower-case the text and count runs of a-z (re.findall(r'[a-z]+', ...)) over "
+            "every row of the train split.",
+        )
     if set(words_got) == set(words_expected):
         return Feedback(False, "the right words, but not in order of frequency (most frequent first).")
     return Feedback(False, f"expected the words {words_expected}; got {words_got}.")

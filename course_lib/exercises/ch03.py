@@ -1,25 +1,44 @@
 """Checks for chapter 3 (the Trainer)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
-from transformers import (DefaultFlowCallback, EvalPrediction, TrainerControl, TrainerState,
-                          TrainingArguments)
+from transformers import DefaultFlowCallback, EvalPrediction, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
 
-from ..training import classification_metrics
 from . import Feedback, verdict
+
+
+def reference_metrics(eval_pred) -> dict[str, float]:
+    """What the medium exercise's ``compute_metrics`` must return: accuracy and macro-F1 (the mean of
+    per-class F1 over the classes present in the labels or the predictions)."""
+    logits, labels = eval_pred.predictions, np.asarray(eval_pred.label_ids)
+    predictions = np.asarray(logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
+    f1s = []
+    for label in np.unique(np.concatenate([labels, predictions])):
+        tp = np.sum((predictions == label) & (labels == label))
+        precision = tp / max(np.sum(predictions == label), 1)
+        recall = tp / max(np.sum(labels == label), 1)
+        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return {"accuracy": float(np.mean(predictions == labels)), "macro_f1": float(np.mean(f1s))}
 
 
 def check_arguments(args) -> Feedback:
     """Easy: ``TrainingArguments`` that evaluate and save every 10 steps, stop after 40 steps, report
     to TensorBoard and nothing else, and are seeded with 0."""
     if not isinstance(args, TrainingArguments):
-        return Feedback(False, f"expected a TrainingArguments object, got {type(args).__name__}: build it "
-                               "with course_lib.training.training_arguments(...).")
+        return Feedback(
+            False,
+            f"expected a TrainingArguments object, got {type(args).__name__}: build it "
+            "with TrainingArguments(folder, **training.preset_arguments(...)).",
+        )
     problems = []
-    if str(args.eval_strategy.value if hasattr(args.eval_strategy, "value") else args.eval_strategy) != "steps":
+    if (
+        str(args.eval_strategy.value if hasattr(args.eval_strategy, "value") else args.eval_strategy)
+        != "steps"
+    ):
         problems.append(f"eval_strategy is {args.eval_strategy!r}; evaluate on a step schedule ('steps').")
     if args.eval_steps != 10:
         problems.append(f"eval_steps is {args.eval_steps}, not 10.")
@@ -48,16 +67,18 @@ def _probe_predictions() -> list[EvalPrediction]:
 
 def check_compute_metrics(compute_metrics: Callable) -> Feedback:
     """Medium: ``compute_metrics(eval_pred) -> {"accuracy": ..., "macro_f1": ...}`` agreeing with
-    ``course_lib.training.classification_metrics`` (macro-F1: the unweighted mean of per-class F1
+    :func:`reference_metrics` (macro-F1: the unweighted mean of per-class F1
     over the classes that occur in the labels or the predictions; predictions may come as a tuple)."""
     problems = []
     for number, probe in enumerate(_probe_predictions(), 1):
-        expected = classification_metrics(probe)
+        expected = reference_metrics(probe)
         try:
             got = compute_metrics(probe)
         except Exception as error:  # report any failure as feedback, not a traceback
-            problems.append(f"probe {number} raised {type(error).__name__}: {error}"
-                            + (" (predictions can be a tuple: take element 0)." if number == 3 else "."))
+            problems.append(
+                f"probe {number} raised {type(error).__name__}: {error}"
+                + (" (predictions can be a tuple: take element 0)." if number == 3 else ".")
+            )
             continue
         for key, value in expected.items():
             if key not in got:
@@ -75,7 +96,13 @@ def check_loss_threshold_callback(callback_class: type, threshold: float = 0.5) 
         callback = callback_class(threshold)
     except Exception as error:  # report any failure as feedback, not a traceback
         return Feedback(False, f"callback_class({threshold}) raised {type(error).__name__}: {error}.")
-    handler = CallbackHandler([DefaultFlowCallback(), callback], model=None, processing_class=None, optimizer=None, lr_scheduler=None)
+    handler = CallbackHandler(
+        [DefaultFlowCallback(), callback],
+        model=None,
+        processing_class=None,
+        optimizer=None,
+        lr_scheduler=None,
+    )
     args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
     state, control = TrainerState(), TrainerControl()
     events = [{"loss": 1.2}, {"eval_loss": 0.1}, {"loss": 0.7}, {"loss": 0.49}, {"loss": 0.3}]
@@ -90,8 +117,14 @@ def check_loss_threshold_callback(callback_class: type, threshold: float = 0.5) 
             return Feedback(False, f"training stopped at logs={logs}; stop only when 'loss' < {threshold}.")
         if step == stop_at:
             if not control.should_training_stop:
-                return Feedback(False, f"logs={logs} has loss below {threshold} but should_training_stop is "
-                                       "still False: set it on the `control` object in on_log.")
-            return Feedback(True, f"stops at the first loss below {threshold} (step {state.global_step}), "
-                                  "ignores evaluation logs.")
+                return Feedback(
+                    False,
+                    f"logs={logs} has loss below {threshold} but should_training_stop is "
+                    "still False: set it on the `control` object in on_log.",
+                )
+            return Feedback(
+                True,
+                f"stops at the first loss below {threshold} (step {state.global_step}), "
+                "ignores evaluation logs.",
+            )
     return Feedback(False, "never stopped.")  # pragma: no cover - the loop returns at stop_at

@@ -1,4 +1,5 @@
 """Checks for chapter 4 (sharing: the Hub and Spaces)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..pipelines import NextTokenPipeline
 from ..sharing import checkout_revision, running_demo
 from . import Feedback, verdict
+from .ch01 import next_token_rows
 
 
 def check_card_data(card_data, measured_perplexity: float) -> Feedback:
@@ -30,14 +31,21 @@ def check_card_data(card_data, measured_perplexity: float) -> Feedback:
     if not perplexities:
         problems.append("add eval_results=[EvalResult(..., metric_type='perplexity', metric_value=...)].")
     elif abs(float(perplexities[0]) - float(measured_perplexity)) > 1e-9:
-        problems.append(f"the card reports perplexity {perplexities[0]}, but {measured_perplexity} was measured: "
-                        "pass the measured value, never a typed one.")
-    return verdict(problems, f"metadata complete; the card reports the measured perplexity {measured_perplexity}.")
+        problems.append(
+            f"the card reports perplexity {perplexities[0]}, but {measured_perplexity} was measured: "
+            "pass the measured value, never a typed one."
+        )
+    return verdict(
+        problems, f"metadata complete; the card reports the measured perplexity {measured_perplexity}."
+    )
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".git" not in p.relative_to(folder).parts}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(folder).parts
+    }
 
 
 def check_revision_files(folder, repo, revision: str = "v1.0") -> Feedback:
@@ -54,16 +62,21 @@ def check_revision_files(folder, repo, revision: str = "v1.0") -> Feedback:
     else:
         changed = [name for name in expected if got[name] != expected[name]]
         if changed:
-            problems.append(f"{changed} differ from {revision} (did you copy the working tree, i.e. the latest "
-                            "commit, instead of the tag?).")
-    return verdict(problems, f"the files of {revision}, byte for byte: from_pretrained(folder) loads that version.")
+            problems.append(
+                f"{changed} differ from {revision} (did you copy the working tree, i.e. the latest "
+                "commit, instead of the tag?)."
+            )
+    return verdict(
+        problems, f"the files of {revision}, byte for byte: from_pretrained(folder) loads that version."
+    )
 
 
 @torch.no_grad()
-def check_next_tokens_app(demo, model, tokenizer, prompts=("Return the", "class Queue"), k: int = 5) -> Feedback:
+def check_next_tokens_app(
+    demo, model, tokenizer, prompts=("Return the", "class Queue"), k: int = 5
+) -> Feedback:
     """Hard: a Gradio app with an endpoint ``/next_tokens`` that takes a prompt and returns the ``k`` most
     likely next tokens as a list of ``{"token": str, "probability": float}``, highest first."""
-    reference = NextTokenPipeline(model=model, tokenizer=tokenizer)
     problems = []
     try:
         with running_demo(demo) as url:
@@ -72,21 +85,26 @@ def check_next_tokens_app(demo, model, tokenizer, prompts=("Return the", "class 
             client = Client(url, verbose=False)
             endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
             if "/next_tokens" not in endpoints:
-                return Feedback(False, f"endpoints are {sorted(endpoints)}; name yours with api_name='next_tokens'.")
+                return Feedback(
+                    False, f"endpoints are {sorted(endpoints)}; name yours with api_name='next_tokens'."
+                )
             for prompt in prompts:
                 got = client.predict(prompt, api_name="/next_tokens")
-                expected = reference(prompt, top_k=k)
+                expected = next_token_rows(model, tokenizer, prompt, k)
                 if not isinstance(got, list) or len(got) != k:
                     problems.append(f"for {prompt!r} expected a list of {k} entries, got {str(got)[:80]}.")
                     break
                 if [g.get("token") for g in got] != [e["token"] for e in expected]:
-                    problems.append(f"for {prompt!r} expected tokens {[e['token'] for e in expected]}, got "
-                                    f"{[g.get('token') for g in got]} (softmax of the last position's logits).")
+                    problems.append(
+                        f"for {prompt!r} expected tokens {[e['token'] for e in expected]}, got "
+                        f"{[g.get('token') for g in got]} (softmax of the last position's logits)."
+                    )
                     break
                 if any(abs(float(g["probability"]) - e["probability"]) > 1e-3 for g, e in zip(got, expected)):
                     problems.append(f"for {prompt!r} the tokens match but the probabilities differ.")
                     break
     except OSError as error:
         return Feedback(False, f"the app could not be launched on 127.0.0.1: {error}")
-    return verdict(problems, f"/next_tokens answers over HTTP exactly like the course's NextTokenPipeline "
-                             f"on {len(prompts)} prompts.")
+    return verdict(
+        problems, f"/next_tokens answers like chapter 1's NextTokenPipeline on {len(prompts)} prompts."
+    )

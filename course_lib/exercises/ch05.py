@@ -1,7 +1,8 @@
 """Checks for chapter 5 (PEFT and TRL in one sitting)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -14,26 +15,38 @@ def check_lora_targets(peft_model, r: int = 4, targets: tuple[str, ...] = ("q_pr
     """Easy: a LoRA adapter of rank ``r`` on the ``targets`` projections only, with the base frozen."""
     config = getattr(peft_model, "peft_config", {}).get("default")
     if config is None:
-        return Feedback(False, "this is not a PeftModel with a 'default' adapter: wrap the model with "
-                               "`peft.get_peft_model(model, LoraConfig(...))` or `finetune.add_lora`.")
+        return Feedback(
+            False,
+            "this is not a PeftModel with a 'default' adapter: wrap the model with "
+            "`peft.get_peft_model(model, LoraConfig(...))`.",
+        )
     problems = []
     if config.r != r:
         problems.append(f"the rank is {config.r}, not {r}: set `r={r}`.")
-    adapted = {name.split(".")[-1] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
+    adapted = {
+        name.split(".")[-1] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")
+    }
     if adapted != set(targets):
-        problems.append(f"adapters sit on {sorted(adapted)}; put them on {sorted(targets)} only "
-                        f"(`target_modules={list(targets)}`).")
+        problems.append(
+            f"adapters sit on {sorted(adapted)}; put them on {sorted(targets)} only "
+            f"(`target_modules={list(targets)}`)."
+        )
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n]
     if trainable:
-        problems.append(f"{len(trainable)} non-LoRA tensors are trainable (e.g. {trainable[0]}); the base "
-                        "model must stay frozen.")
+        problems.append(
+            f"{len(trainable)} non-LoRA tensors are trainable (e.g. {trainable[0]}); the base "
+            "model must stay frozen."
+        )
     share = count_parameters(peft_model)["trainable_%"]
-    return verdict(problems, f"rank {r} on {', '.join(targets)}: {share}% of the parameters train "
-                             "(all-linear LoRA at rank 8 trains several times more).")
+    return verdict(
+        problems,
+        f"rank {r} on {', '.join(targets)}: {share}% of the parameters train.",
+    )
 
 
-def reference_dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
-                       beta: float) -> torch.Tensor:
+def reference_dpo_loss(
+    policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float
+) -> torch.Tensor:
     """The sigmoid DPO loss per pair: ``-log sigmoid(beta * (policy margin - reference margin))``."""
     logits = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
     return -torch.nn.functional.logsigmoid(beta * logits)
@@ -52,8 +65,10 @@ def check_dpo_loss(dpo_loss: Callable) -> Feedback:
             problems.append(f"returned {got.numel()} values; average over the pairs.")
             break
         if not torch.allclose(got, expected, atol=1e-5):
-            problems.append(f"with beta={beta} expected {expected.item():.5f}, got {got.item():.5f} "
-                            "(rewards are beta * (policy - reference) log-probs; loss = -logsigmoid(chosen - rejected)).")
+            problems.append(
+                f"with beta={beta} expected {expected.item():.5f}, got {got.item():.5f} "
+                "(rewards are beta * (policy - reference) log-probs; loss = -logsigmoid(chosen - rejected))."
+            )
     same = torch.full((4,), -3.0)
     if not problems:
         start = float(torch.as_tensor(dpo_loss(same, same - 1, same, same - 1, 0.1)))
@@ -62,21 +77,32 @@ def check_dpo_loss(dpo_loss: Callable) -> Feedback:
     return verdict(problems, "matches TRL's sigmoid loss; a policy equal to its reference starts at log 2.")
 
 
-def check_reward_margin(reward_margin: Callable, policy, reference, tokenizer, pairs: list[dict],
-                        beta: float = 0.1) -> Feedback:
+def check_reward_margin(
+    reward_margin: Callable, policy, reference, tokenizer, pairs: list[dict], beta: float = 0.1
+) -> Feedback:
     """Hard: ``reward_margin(policy, reference, tokenizer, prompt, chosen, rejected, beta)`` returns DPO's
     implicit reward of ``chosen`` minus that of ``rejected`` (plain prompt style, eos after the answer)."""
     problems = []
-    for pair in pairs:
-        def reward(answer: str) -> float:
-            return beta * (completion_logprob(policy, tokenizer, pair["prompt"], answer)
-                           - completion_logprob(reference, tokenizer, pair["prompt"], answer))
 
-        expected = reward(pair["chosen"]) - reward(pair["rejected"])
-        got = float(reward_margin(policy, reference, tokenizer, pair["prompt"], pair["chosen"],
-                                  pair["rejected"], beta))
+    def reward(prompt: str, answer: str) -> float:
+        return beta * (
+            completion_logprob(policy, tokenizer, prompt, answer)
+            - completion_logprob(reference, tokenizer, prompt, answer)
+        )
+
+    for pair in pairs:
+        expected = reward(pair["prompt"], pair["chosen"]) - reward(pair["prompt"], pair["rejected"])
+        got = float(
+            reward_margin(
+                policy, reference, tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], beta
+            )
+        )
         if abs(got - expected) > 1e-3 * max(1.0, abs(expected)):
-            problems.append(f"for {pair['prompt'][:50]!r} expected {expected:.4f}, got {got:.4f}: sum the "
-                            "log-probs of the answer tokens (and eos) only, given 'Question: ...\\nAnswer:'.")
+            problems.append(
+                f"for {pair['prompt'][:50]!r} expected {expected:.4f}, got {got:.4f}: sum the "
+                "log-probs of the answer tokens (and eos) only, given 'Question: ...\\nAnswer:'."
+            )
             break
-    return verdict(problems, f"matches on {len(pairs)} pairs: the margin DPOTrainer reports as rewards/margins.")
+    return verdict(
+        problems, f"matches on {len(pairs)} pairs: the margin DPOTrainer reports as rewards/margins."
+    )

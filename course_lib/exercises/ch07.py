@@ -1,13 +1,13 @@
 """Checks for chapter 7 (pretraining from scratch)."""
+
 from __future__ import annotations
 
 import math
-import tempfile
 
 import torch
 
 from ..evaluation import unigram_perplexity
-from . import Feedback, verdict
+from . import Feedback
 
 
 def check_perplexity_from_loss(log_history: list[dict], answer: float) -> Feedback:
@@ -17,8 +17,11 @@ def check_perplexity_from_loss(log_history: list[dict], answer: float) -> Feedba
         return Feedback(False, "This log history has no training loss; pass trainer.state.log_history.")
     expected = math.exp(losses[-1])
     if math.isclose(answer, expected, rel_tol=1e-3):
-        return Feedback(True, f"exp({losses[-1]:.4f}) = {expected:.1f}: the model is as unsure as a uniform "
-                              f"choice among about {expected:.0f} tokens.")
+        return Feedback(
+            True,
+            f"exp({losses[-1]:.4f}) = {expected:.1f}: as unsure as a uniform choice of "
+            f"{expected:.0f} tokens.",
+        )
     if math.isclose(answer, 2 ** losses[-1], rel_tol=1e-3):
         return Feedback(False, "The loss is in nats (natural log): use math.exp, not 2 **.")
     if any(math.isclose(answer, math.exp(loss), rel_tol=1e-3) for loss in losses[:-1]):
@@ -26,41 +29,80 @@ def check_perplexity_from_loss(log_history: list[dict], answer: float) -> Feedba
     return Feedback(False, f"{answer:.4g} is not exp(last loss); the last loss is {losses[-1]:.4f}.")
 
 
-def check_unigram_perplexity(answer: float, train_ids: torch.Tensor, blocks: torch.Tensor,
-                             vocab_size: int) -> Feedback:
+def check_unigram_perplexity(
+    answer: float, train_ids: torch.Tensor, blocks: torch.Tensor, vocab_size: int
+) -> Feedback:
     """Medium: add-one-smoothed unigram perplexity of ``blocks`` (first token of each block not scored)."""
     expected = unigram_perplexity(train_ids, blocks, vocab_size, smoothing=1.0)
     if math.isclose(answer, expected, rel_tol=1e-4):
-        return Feedback(True, f"{expected:.1f}: a model that ignores context entirely. Beating it is the "
-                              "first sign a language model uses what came before.")
+        return Feedback(
+            True,
+            f"{expected:.1f}: ignores context; a model that beats it uses what came before.",
+        )
     all_tokens = unigram_perplexity(train_ids, torch.nn.functional.pad(blocks, (1, 0)), vocab_size)
-    hint = (" Score the same tokens as the model: every token of a block except the first."
-            if math.isclose(answer, all_tokens, rel_tol=1e-3) else
-            " Count with torch.bincount(train_ids, minlength=vocab_size), add 1 to every count, "
-            "normalise, and take exp of the mean negative log-probability.")
+    hint = (
+        " Score the same tokens as the model: every token of a block except the first."
+        if math.isclose(answer, all_tokens, rel_tol=1e-3)
+        else " Count with torch.bincount(train_ids, minlength=vocab_size), add 1 to every count, "
+        "normalise, and take exp of the mean negative log-probability."
+    )
     return Feedback(False, f"{answer:.4g} differs from {expected:.4g}.{hint}")
 
 
-def check_stop_callback(make_callback, tokenizer, threshold: float = 7.5, max_steps: int = 30) -> Feedback:
-    """Hard: ``make_callback(threshold)`` returns a ``TrainerCallback`` that stops training at the first
-    logged training loss below ``threshold``. Runs a tiny pretraining (a few seconds) to check."""
-    from ..pretraining import new_model, pack_blocks, pretrain, tokenize_split
-    from .. import assets
+def _probe_configs() -> list[tuple[str, dict]]:
+    """Llama configs that each test one part of the count (a description and the config's fields)."""
+    from ..assets.pretrain import MODEL_CONFIG
 
-    ids = tokenize_split(tokenizer, assets.corpus(), "validation")
-    blocks = pack_blocks(ids, 32)[:256]
-    model = new_model(tokenizer, seed=0)
-    with tempfile.TemporaryDirectory() as folder:
-        trainer = pretrain(model, tokenizer, blocks, folder, max_steps=max_steps, logging_steps=1,
-                           per_device_train_batch_size=4, callbacks=[make_callback(threshold)])
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    course = {"vocab_size": 4096, **MODEL_CONFIG}
+    return [
+        ("the course model (tied embeddings)", course),
+        ("untied embeddings (lm_head has its own matrix)", {**course, "tie_word_embeddings": False}),
+        (
+            "grouped-query attention (2 key/value heads of 8 query heads)",
+            {
+                **course,
+                "hidden_size": 256,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 2,
+                "intermediate_size": 640,
+                "num_hidden_layers": 3,
+                "vocab_size": 1000,
+            },
+        ),
+        ("head_dim set apart from hidden_size / heads", {**course, "head_dim": 48, "num_hidden_layers": 2}),
+    ]
+
+
+_HINTS = (
+    "Per layer: q and o are hidden x (heads x head_dim), k and v hidden x (kv_heads x head_dim); the MLP "
+    "has three matrices (gate, up: hidden x intermediate; down: intermediate x hidden); two RMSNorm "
+    "weight vectors. Add the embedding, one final norm, and lm_head only when it is not tied. Llama's "
+    "linear layers have no bias."
+)
+
+
+def check_parameter_formula(count_parameters) -> Feedback:
+    """Hard: ``count_parameters(config)`` returns the number of parameters of
+    ``LlamaForCausalLM(config)`` from the config alone (no model built). Compared with the real count on
+    a few configs (built on the meta device: no memory, no time)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     problems = []
-    if trainer.state.global_step >= max_steps and losses and min(losses) < threshold:
-        problems.append("Training ran all its steps although the loss fell below the threshold: in on_log, "
-                        "set control.should_training_stop = True when logs['loss'] < threshold.")
-    elif losses and losses[-1] >= threshold:
-        problems.append(f"Training stopped at a loss of {losses[-1]:.3f}, not below {threshold}.")
-    elif any(loss < threshold for loss in losses[:-1]):
-        problems.append("Training went on after the first loss below the threshold.")
-    return verdict(problems, f"Stopped at step {trainer.state.global_step} of {max_steps}, at the first "
-                             f"logged loss below {threshold} ({losses[-1]:.3f}).")
+    for description, fields in _probe_configs():
+        config = LlamaConfig(**fields)
+        with torch.device("meta"):
+            expected = LlamaForCausalLM(config).num_parameters()
+        try:
+            got = count_parameters(config)
+        except Exception as error:  # report any failure as feedback, not a traceback
+            problems.append(f"{description}: raised {type(error).__name__}: {error}.")
+            continue
+        if got != expected:
+            delta = expected - int(got)
+            problems.append(f"{description}: {int(got):,} instead of {expected:,} ({delta:+,}).")
+    if problems:
+        return Feedback(False, " ".join(problems[:2]) + " " + _HINTS)
+    return Feedback(
+        True,
+        f"exact on {len(_probe_configs())} configs: embeddings dominate a small model, MLPs a large one.",
+    )

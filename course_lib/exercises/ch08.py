@@ -1,11 +1,13 @@
 """Checks for chapter 8 (supervised fine-tuning with LoRA)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from ..finetune import sft_dataset, task_rows
+from ..finetune import PROBE_TEMPLATE, function_name, sft_dataset, task_rows
+from ..finetune import module_scores as reference_scores
 from . import Feedback, verdict
 
 
@@ -16,10 +18,15 @@ def check_seen_share(answer: float, task: str = "signature") -> Feedback:
     seen = sum(split == "train" for split in rows["corpus_split"])
     expected = seen / len(rows)
     if abs(float(answer) - expected) < 5e-3:
-        return Feedback(True, f"{seen} of {len(rows)} held-out {task!r} rows ({expected:.1%}) describe functions "
-                              "whose documentation pretraining read; the rest are a small control group.")
-    return Feedback(False, f"{answer} is not the share; filter task == {task!r} in the validation and test "
-                           "splits, then count corpus_split == 'train'.")
+        return Feedback(
+            True,
+            f"{seen} of {len(rows)} held-out {task!r} rows ({expected:.1%}) were in pretraining.",
+        )
+    return Feedback(
+        False,
+        f"{answer} is not the share; filter task == {task!r} in the validation and test "
+        "splits, then count corpus_split == 'train'.",
+    )
 
 
 def check_chat_dataset(dataset, rows, tokenizer) -> Feedback:
@@ -27,44 +34,78 @@ def check_chat_dataset(dataset, rows, tokenizer) -> Feedback:
     (a user message and an assistant message), rendering through the chat template."""
     problems = []
     if sorted(dataset.column_names) != ["completion", "prompt"]:
-        return Feedback(False, f"columns are {dataset.column_names}; keep exactly 'prompt' and 'completion' "
-                               "(remove_columns=rows.column_names).")
+        return Feedback(
+            False,
+            f"columns are {dataset.column_names}; keep exactly 'prompt' and 'completion' "
+            "(remove_columns=rows.column_names).",
+        )
     reference = sft_dataset(rows, style="chat")
     if len(dataset) != len(reference):
         problems.append(f"{len(dataset)} rows for {len(reference)} inputs.")
     else:
         for got, expected in zip(dataset, reference):
             if got != expected:
-                problems.append(f"row {got!r} should be {expected!r}: the prompt is a list with one "
-                                "{'role': 'user', 'content': instruction}, the completion one assistant message.")
+                problems.append(
+                    f"row {got!r} should be {expected!r}: the prompt is a list with one "
+                    "{'role': 'user', 'content': instruction}, the completion one assistant message."
+                )
                 break
     if not problems:
         first = dataset[0]
         text = tokenizer.apply_chat_template(first["prompt"] + first["completion"], tokenize=False)
         if not text.rstrip().endswith(first["completion"][0]["content"] + "<|im_end|>"):
-            problems.append(f"the chat template renders {text!r}; the answer should close the assistant turn.")
-    return verdict(problems, "conversational prompt/completion rows: TRL applies the chat template and still "
-                             "trains on the assistant answer only.")
+            problems.append(
+                f"the chat template renders {text!r}; the answer should close the assistant turn."
+            )
+    return verdict(
+        problems,
+        "conversational rows: TRL applies the chat template, loss on the answer only.",
+    )
 
 
-def check_merged_weight(merged_weight: Callable, peft_model, layer: str = "model.layers.0.self_attn.q_proj"
-                        ) -> Feedback:
-    """Hard: ``merged_weight(peft_model, layer)`` returns the weight that ``merge_and_unload`` would put in
-    ``layer``: ``W + (lora_alpha / r) * B @ A`` for the active adapter."""
-    module = peft_model.get_submodule(f"base_model.model.{layer}")
-    if not hasattr(module, "lora_A"):
-        return Feedback(False, f"{layer} has no LoRA adapter; wrap the model with LoRA on all linear layers first.")
-    adapter = peft_model.active_adapter
-    expected = module.get_delta_weight(adapter) + module.base_layer.weight
-    got = torch.as_tensor(merged_weight(peft_model, layer)).detach()
-    if got.shape != expected.shape:
-        return Feedback(False, f"shape {tuple(got.shape)} should be {tuple(expected.shape)} (out_features x "
-                               "in_features): B @ A, not A @ B.")
-    delta = (expected - module.base_layer.weight).abs().max().item()
-    if delta == 0:
-        return Feedback(False, "the adapter's B matrix is still zero, so any answer equals W: train the adapter "
-                               "(or fill B) before checking.")
-    problems = [] if torch.allclose(got, expected, atol=1e-6) else [
-        f"max difference {(got - expected).abs().max().item():.2e} from the merged weight; scale B @ A by "
-        f"lora_alpha / r = {module.scaling[adapter]}."]
-    return verdict(problems, f"W + {module.scaling[adapter]} * B @ A: the largest change to W is {delta:.4f}.")
+def _sequence_logprob(model, tokenizer, text: str, start: int) -> float:
+    """Summed log-probabilities of the tokens of ``text`` from position ``start`` on."""
+    ids = tokenizer(text)["input_ids"]
+    inputs = torch.tensor([ids], device=model.device)
+    with torch.no_grad():
+        log_probs = model(input_ids=inputs).logits[0].float().log_softmax(-1)
+    return sum(log_probs[i - 1, ids[i]].item() for i in range(max(start, 1), len(ids)))
+
+
+def check_module_scores(
+    module_scores: Callable, model, tokenizer, rows, modules: list[str], limit: int = 3
+) -> Feedback:
+    """Hard: ``module_scores(model, tokenizer, name, modules)`` returns, for each module, the summed
+    log-probability of ``name + "("`` after ``"function <module>."``: the zero-shot probe of 8.2."""
+    problems = []
+    for row in rows.select(range(min(limit, len(rows)))):
+        name = function_name(row)
+        expected = reference_scores(model, tokenizer, name, modules)
+        got = [float(score) for score in module_scores(model, tokenizer, name, modules)]
+        if len(got) != len(modules):
+            return Feedback(
+                False, f"{len(got)} scores for {len(modules)} modules: return one per module, in order."
+            )
+        if all(abs(g - e) <= 1e-3 * max(1.0, abs(e)) for g, e in zip(got, expected)):
+            continue
+        whole = [
+            _sequence_logprob(model, tokenizer, PROBE_TEMPLATE.format(module=m, name=name), 1)
+            for m in modules
+        ]
+        if all(abs(g - w) <= 1e-3 * max(1.0, abs(w)) for g, w in zip(got, whole)):
+            problems.append(
+                "you scored the whole text, prefix included: a frequent module then wins for "
+                "its own sake. Sum only the tokens after 'function <module>.'."
+            )
+        else:
+            problems.append(
+                f"for {name!r} expected {[round(e, 3) for e in expected]}, got "
+                f"{[round(g, 3) for g in got]}. Tokenise the prefix and the whole text apart and "
+                "score from the first position where the two token lists differ (BPE can "
+                "merge the '.' into the name's first token)."
+            )
+        break
+    return verdict(
+        problems,
+        f"matches the probe of 8.2 on {min(limit, len(rows))} held-out functions.",
+    )
