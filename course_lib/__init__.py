@@ -4,6 +4,7 @@ Notebooks call into this package; everything here is importable without IPython
 and unit-tested. Start with :func:`course_lib.env.setup` and the role registry in
 :mod:`course_lib.profiles`.
 """
+
 from .env import setup
 from .profiles import CourseError, active_profile, resolve
 

@@ -1,4 +1,5 @@
 """Command line: ``python -m course_lib doctor`` and ``python -m course_lib assets build``."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,14 @@ def _peft_sweep(args: argparse.Namespace) -> int:
     done = [r for r in results["rows"] if "error" not in r]
     print(f"{len(done)}/{len(results['rows'])} methods ran; results in {path}")
     for row in results["rows"]:
-        print(f"  {row['method']:20} " + (f"held-out loss {row['held_out_loss']:.3f}  "
-                                          f"{row['train_s']:6.1f} s" if "error" not in row else row["error"]))
+        print(
+            f"  {row['method']:20} "
+            + (
+                f"held-out loss {row['held_out_loss']:.3f}  {row['train_s']:6.1f} s"
+                if "error" not in row
+                else row["error"]
+            )
+        )
     return 0
 
 
@@ -47,10 +54,15 @@ def _bench(args: argparse.Namespace) -> int:
     from .env import quiet_progress_bars
 
     quiet_progress_bars()
-    suites = bench.CPU_SUITES if args.suite == ["cpu"] else (
-        bench.ALL_SUITES if args.suite == ["all"] else tuple(args.suite))
-    command = (f"python -m course_lib bench --suite {' '.join(args.suite)}"
-               f"{' --quick' if args.quick else ''} --output {args.output}")
+    suites = (
+        bench.CPU_SUITES
+        if args.suite == ["cpu"]
+        else (bench.ALL_SUITES if args.suite == ["all"] else tuple(args.suite))
+    )
+    command = (
+        f"python -m course_lib bench --suite {' '.join(args.suite)}"
+        f"{' --quick' if args.quick else ''} --output {args.output}"
+    )
     document = bench.run(suites, quick=args.quick, command=command)
     print("\n".join(bench.summary_lines(document)))
     print(f"{len(document['rows'])} rows written to {bench.save(document, args.output)}")
@@ -66,15 +78,26 @@ def _assignments(args: argparse.Namespace) -> int:
         if args.assignments_command == "build":
             plans = build(Path(args.out), args.chapters or None, instructor=args.instructor)
             for plan in plans:
-                parts = [f"{e['label']} {e['points']} pt" + (" (public check only)" if e["fallback"] else "")
-                         for e in plan["exercises"]]
+                parts = [
+                    f"{e['label']} {e['points']} pt" + (" (public check only)" if e["fallback"] else "")
+                    for e in plan["exercises"]
+                ]
                 print(f"{plan['notebook']}: " + ", ".join(parts))
-            print(f"{len(plans)} chapters: student notebooks in {Path(args.out) / 'student'} "
-                  f"(zipped: student.zip), solutions/, autograder/ (hidden tests: keep them to yourself)")
+            print(
+                f"{len(plans)} chapters: student notebooks in {Path(args.out) / 'student'} "
+                f"(zipped: student.zip), solutions/, autograder/ (hidden tests: keep them to yourself)"
+            )
             return 0
-        path = grade(args.chapter, Path(args.submissions), Path(args.out), jobs=args.jobs,
-                     cell_timeout=args.cell_timeout, time_limit=args.time_limit, instructor=args.instructor,
-                     assignments=Path(args.assignments) if args.assignments else None)
+        path = grade(
+            args.chapter,
+            Path(args.submissions),
+            Path(args.out),
+            jobs=args.jobs,
+            cell_timeout=args.cell_timeout,
+            time_limit=args.time_limit,
+            instructor=args.instructor,
+            assignments=Path(args.assignments) if args.assignments else None,
+        )
     except AssignmentError as error:
         print(error, file=sys.stderr)
         return 2
@@ -87,52 +110,82 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m course_lib")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("doctor", help="profile, versions, device and asset cache; "
-                                       "exit 1 when something needed is missing").set_defaults(run=_doctor)
+    commands.add_parser(
+        "doctor", help="profile, versions, device and asset cache; exit 1 when something needed is missing"
+    ).set_defaults(run=_doctor)
     assets_parser = commands.add_parser("assets", help="manage the offline assets")
     assets_commands = assets_parser.add_subparsers(dest="assets_command", required=True)
     assets_commands.add_parser("build", help="build or verify every cached asset").set_defaults(
-        run=_assets_build)
-    sweep = commands.add_parser("peft-sweep", help="train every PEFT method with one budget on the "
-                                                   "course LM and write the JSON the book renders (ch. 12)")
+        run=_assets_build
+    )
+    sweep = commands.add_parser(
+        "peft-sweep",
+        help="train every PEFT method with one budget on the "
+        "course LM and write the JSON the book renders (ch. 12)",
+    )
     sweep.add_argument("--steps", type=int, default=60, help="optimizer steps per method (default 60)")
     sweep.add_argument("--methods", nargs="*", default=None, help="only these methods (default: all)")
     sweep.add_argument("--output", default="book/data/peft_sweep.json", help="where to write the JSON")
     sweep.set_defaults(run=_peft_sweep)
     bench_parser = commands.add_parser(
-        "bench", help="benchmark generation, training, memory and quantization; write JSON (appendix A2)",
+        "bench",
+        help="benchmark generation, training, memory and quantization; write JSON (appendix A2)",
         description="Every row is stamped with device, library versions and date. CPU suites run on the "
-                    "CPU; the gpu suite runs where CUDA exists and is skipped with a note elsewhere.")
-    bench_parser.add_argument("--suite", nargs="+", default=["cpu"], metavar="SUITE",
-                              choices=["cpu", "all", "bandwidth", "generation", "training", "memory",
-                                       "quantization", "gpu"],
-                              help="suites to run: bandwidth generation training memory quantization gpu, "
-                                   "or cpu (the five CPU suites, default) or all")
-    bench_parser.add_argument("--quick", action="store_true",
-                              help="the small settings the book uses at build time (about a minute on 2 cores)")
-    bench_parser.add_argument("--output", default="bench_results.json",
-                              help="where to write the JSON results (default: bench_results.json)")
+        "CPU; the gpu suite runs where CUDA exists and is skipped with a note elsewhere.",
+    )
+    bench_parser.add_argument(
+        "--suite",
+        nargs="+",
+        default=["cpu"],
+        metavar="SUITE",
+        choices=["cpu", "all", "bandwidth", "generation", "training", "memory", "quantization", "gpu"],
+        help="suites to run: bandwidth generation training memory quantization gpu, "
+        "or cpu (the five CPU suites, default) or all",
+    )
+    bench_parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the small settings the book uses at build time (about a minute on 2 cores)",
+    )
+    bench_parser.add_argument(
+        "--output",
+        default="bench_results.json",
+        help="where to write the JSON results (default: bench_results.json)",
+    )
     bench_parser.set_defaults(run=_bench)
-    assignments = commands.add_parser("assignments", help="student notebooks, hidden tests and grading "
-                                                          "(otter-grader); see the Instructors page")
+    assignments = commands.add_parser(
+        "assignments",
+        help="student notebooks, hidden tests and grading (otter-grader); see the Instructors page",
+    )
     assignments_commands = assignments.add_subparsers(dest="assignments_command", required=True)
     build_parser = assignments_commands.add_parser(
-        "build", help="write every chapter's student notebook, solutions notebook and autograder to OUT")
+        "build", help="write every chapter's student notebook, solutions notebook and autograder to OUT"
+    )
     build_parser.add_argument("out", help="output folder")
     build_parser.add_argument("--chapters", nargs="*", help="only these chapters (e.g. 02 06)")
-    build_parser.add_argument("--instructor", default=None, help="folder with tests/chNN.py (default: ./instructor)")
+    build_parser.add_argument(
+        "--instructor", default=None, help="folder with tests/chNN.py (default: ./instructor)"
+    )
     build_parser.set_defaults(run=_assignments)
     grade_parser = assignments_commands.add_parser(
-        "grade", help="grade a folder of submitted notebooks; write OUT/grades.csv and OUT/feedback/")
+        "grade", help="grade a folder of submitted notebooks; write OUT/grades.csv and OUT/feedback/"
+    )
     grade_parser.add_argument("chapter", help="the chapter, e.g. 06")
     grade_parser.add_argument("submissions", help="folder of submitted .ipynb files")
     grade_parser.add_argument("out", help="output folder")
-    grade_parser.add_argument("--assignments", default=None, help="a folder `assignments build` wrote "
-                                                                  "(default: build this chapter afresh)")
-    grade_parser.add_argument("--instructor", default=None, help="folder with tests/chNN.py (default: ./instructor)")
+    grade_parser.add_argument(
+        "--assignments",
+        default=None,
+        help="a folder `assignments build` wrote (default: build this chapter afresh)",
+    )
+    grade_parser.add_argument(
+        "--instructor", default=None, help="folder with tests/chNN.py (default: ./instructor)"
+    )
     grade_parser.add_argument("--jobs", type=int, default=2, help="submissions graded at once (default 2)")
     grade_parser.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell (default 60)")
-    grade_parser.add_argument("--time-limit", type=int, default=600, help="seconds per submission (default 600)")
+    grade_parser.add_argument(
+        "--time-limit", type=int, default=600, help="seconds per submission (default 600)"
+    )
     grade_parser.set_defaults(run=_assignments)
     args = parser.parse_args(argv)
     return args.run(args)

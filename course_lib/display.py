@@ -1,4 +1,5 @@
 """Tables and charts for notebooks. pandas/matplotlib are imported lazily."""
+
 from __future__ import annotations
 
 
@@ -10,8 +11,7 @@ def table(rows: list[dict], index: str | None = None):
     return frame.set_index(index) if index else frame
 
 
-def bar_chart(rows: list[dict], x: str, y: str, title: str, ylabel: str | None = None,
-              log: bool = False):
+def bar_chart(rows: list[dict], x: str, y: str, title: str, ylabel: str | None = None, log: bool = False):
     """A labelled bar chart of ``y`` per ``x``; each bar is annotated with its value.
 
     ``log=True`` uses a log scale, for values that span orders of magnitude.
@@ -52,8 +52,9 @@ def heatmap(matrix, labels: list[str], title: str):
     return fig
 
 
-def line_chart(series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,
-               markers: tuple[str, ...] = ()):
+def line_chart(
+    series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str, markers: tuple[str, ...] = ()
+):
     """Several named ``(xs, ys)`` lines on one axis; names in ``markers`` are drawn as points."""
     import matplotlib.pyplot as plt
 
@@ -77,8 +78,11 @@ def grouped_bar_chart(rows: list[dict], x: str, ys: list[str], title: str, ylabe
     for index, column in enumerate(ys):
         positions = [i + (index - (len(ys) - 1) / 2) * width for i in range(len(rows))]
         bars = ax.bar(positions, [r[column] for r in rows], width, label=column)
-        ax.bar_label(bars, labels=[f"{r[column]:,.0f}" if abs(r[column]) >= 100 else f"{r[column]:.3g}"
-                                   for r in rows], fontsize=8)
+        ax.bar_label(
+            bars,
+            labels=[f"{r[column]:,.0f}" if abs(r[column]) >= 100 else f"{r[column]:.3g}" for r in rows],
+            fontsize=8,
+        )
     ax.set_xticks(range(len(rows)), [str(r[x]) for r in rows])
     ax.set_title(title)
     ax.set_ylabel(ylabel)

@@ -1,4 +1,5 @@
 """The environment a chapter runs in: seeds, library versions, device, and the doctor's checks."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -11,8 +12,17 @@ import warnings
 
 from .profiles import OFFLINE, active_profile, hub_is_offline
 
-LIBRARIES = ("torch", "transformers", "tokenizers", "datasets", "peft", "trl", "accelerate",
-             "huggingface_hub", "safetensors")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "peft",
+    "trl",
+    "accelerate",
+    "huggingface_hub",
+    "safetensors",
+)
 REQUIRED = ("torch", "transformers", "tokenizers", "datasets", "safetensors", "huggingface_hub")
 STRICT_ENV = "COURSE_STRICT_WARNINGS"
 # Modules whose deprecations must fail CI: the HF stack itself, and code that calls it
@@ -142,8 +152,13 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
     show_full_text()
     if os.environ.get(STRICT_ENV) == "1":
         strict_warnings()
-    info = {"profile": active_profile(), "device": pick_device(), "seed": seed,
-            "python": platform.python_version(), **versions(("torch", "transformers", "datasets"))}
+    info = {
+        "profile": active_profile(),
+        "device": pick_device(),
+        "seed": seed,
+        "python": platform.python_version(),
+        **versions(("torch", "transformers", "datasets")),
+    }
     if not quiet:  # two short lines: the page's column fits 79 characters
         first, libraries = ("profile", "device", "seed", "python"), ("torch", "transformers", "datasets")
         print(" | ".join(f"{key}: {info[key]}" for key in first))
@@ -160,8 +175,9 @@ def doctor() -> tuple[bool, list[str]]:
     profile = active_profile()
     lines.append(f"profile: {profile}   (set COURSE_PROFILE=offline|hub)")
     lines.append(f"HF_HUB_OFFLINE: {'set' if hub_is_offline() else 'not set'}")
-    lines.append(f"python: {platform.python_version()}   device: {pick_device()}   "
-                 f"cpu threads: {os.cpu_count()}")
+    lines.append(
+        f"python: {platform.python_version()}   device: {pick_device()}   cpu threads: {os.cpu_count()}"
+    )
     for name, version in versions().items():
         mark = "ok " if version else ("MISSING" if name in REQUIRED else "absent")
         healthy &= bool(version) or name not in REQUIRED

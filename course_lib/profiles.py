@@ -10,6 +10,7 @@ A notebook never names a model or a dataset directly: it asks for a *role*
 
 Switch with the ``COURSE_PROFILE`` environment variable.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,20 +50,31 @@ class RoleSpec:
 
 # role -> (kind, offline asset, hub repo id, hub config, notes)
 _REGISTRY: dict[str, tuple[str, str, str, str | None, str]] = {
-    "causal-lm": ("model", "lm", "HuggingFaceTB/SmolLM2-135M", None,
-                  "small Llama-style decoder"),
-    "chat-model": ("model", "lm", "Qwen/Qwen2.5-0.5B-Instruct", None,
-                   "decoder with a chat template"),
-    "encoder": ("model", "encoder", "sentence-transformers/all-MiniLM-L6-v2", None,
-                "BERT-style encoder (MiniLM)"),
-    "pretraining-corpus": ("dataset", "corpus", "Salesforce/wikitext", "wikitext-2-raw-v1",
-                           "plain English text, column 'text'"),
-    "sft-data": ("dataset", "tasks/sft", "tatsu-lab/alpaca", None,
-                 "instruction/input/output pairs"),
-    "preference-data": ("dataset", "tasks/preference", "trl-lib/ultrafeedback_binarized", None,
-                        "prompt/chosen/rejected"),
-    "classification-data": ("dataset", "tasks/classification", "stanfordnlp/imdb", None,
-                            "text/label"),
+    "causal-lm": ("model", "lm", "HuggingFaceTB/SmolLM2-135M", None, "small Llama-style decoder"),
+    "chat-model": ("model", "lm", "Qwen/Qwen2.5-0.5B-Instruct", None, "decoder with a chat template"),
+    "encoder": (
+        "model",
+        "encoder",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        None,
+        "BERT-style encoder (MiniLM)",
+    ),
+    "pretraining-corpus": (
+        "dataset",
+        "corpus",
+        "Salesforce/wikitext",
+        "wikitext-2-raw-v1",
+        "plain English text, column 'text'",
+    ),
+    "sft-data": ("dataset", "tasks/sft", "tatsu-lab/alpaca", None, "instruction/input/output pairs"),
+    "preference-data": (
+        "dataset",
+        "tasks/preference",
+        "trl-lib/ultrafeedback_binarized",
+        None,
+        "prompt/chosen/rejected",
+    ),
+    "classification-data": ("dataset", "tasks/classification", "stanfordnlp/imdb", None, "text/label"),
 }
 
 
@@ -121,6 +133,13 @@ def registry_table() -> list[dict[str, str]]:
     rows = []
     for role in roles():
         kind, local, hub_id, config_name, notes = _REGISTRY[role]
-        rows.append({"role": role, "kind": kind, "offline asset": local,
-                     "hub": hub_id + (f" ({config_name})" if config_name else ""), "notes": notes})
+        rows.append(
+            {
+                "role": role,
+                "kind": kind,
+                "offline asset": local,
+                "hub": hub_id + (f" ({config_name})" if config_name else ""),
+                "notes": notes,
+            }
+        )
     return rows

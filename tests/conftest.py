@@ -1,4 +1,5 @@
 """Shared test setup: offline, strict about deprecations, and a report of notebook timings."""
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ Used by ``tests/test_book.py`` on every executed chapter, and by authors on one 
 It prints one line per problem and exits 1 when there is any. The browser test checks the same
 pages for sideways scrolling at 1280x900; these are the causes it can see without a browser.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,22 @@ from pathlib import Path
 MAX_LINE = 79  # code and text output: what fits the content column at 1280 px (see _static/course.css)
 NOISE = {
     "bitsandbytes kernel notice": re.compile(r"Failed to load CPU|kernels-community"),
-    "library warning": re.compile(r"\b\w*(Warning|warn)\b:|warnings\.warn\(|UserWarning|FutureWarning"
-                                  r"|DeprecationWarning"),
+    "library warning": re.compile(
+        r"\b\w*(Warning|warn)\b:|warnings\.warn\(|UserWarning|FutureWarning"
+        r"|DeprecationWarning"
+    ),
     "profiler line": re.compile(r"USDT|STAGE:\d{4}"),
-    "absolute path": re.compile(r"(?<![\w.~])/(root|home|tmp|work|usr|opt|var|private)/"
-                                r"|site-packages|[A-Z]:\\\\"),
+    "absolute path": re.compile(
+        r"(?<![\w.~])/(root|home|tmp|work|usr|opt|var|private)/"
+        r"|site-packages|[A-Z]:\\\\"
+    ),
     "progress-bar debris": re.compile(r"\r"),
 }
 TRUNCATED = re.compile(r"…|\.\.\.</td>|\w\.\.\.\s*$", re.M)
-STRAY_VALUE = re.compile(r"^(-?\d+(\.\d+)?|None|True|False|<[\w.]+ (object|at) .*>|\[?<matplotlib.*>\]?"
-                         r"|<Figure size .*>|Text\(.*\))$")
+STRAY_VALUE = re.compile(
+    r"^(-?\d+(\.\d+)?|None|True|False|<[\w.]+ (object|at) .*>|\[?<matplotlib.*>\]?"
+    r"|<Figure size .*>|Text\(.*\))$"
+)
 _CARRIAGE = re.compile(r"^.*\r(?=[^\n])", re.M)  # what nbconvert/myst-nb keep of a \r-updated line
 
 
@@ -63,7 +70,7 @@ def problems(notebook: dict, name: str = "") -> list[str]:
                 continue
             for label, pattern in NOISE.items():
                 if kind != "html" and (hit := pattern.search(text)):
-                    line = text[max(0, hit.start() - 30):hit.end() + 30].strip()
+                    line = text[max(0, hit.start() - 30) : hit.end() + 30].strip()
                     found.append(f"{where}: {label}: {line!r}")
             if TRUNCATED.search(text):
                 found.append(f"{where}: text cut with an ellipsis")
@@ -71,8 +78,11 @@ def problems(notebook: dict, name: str = "") -> list[str]:
                 for line in text.splitlines():
                     if len(line) > MAX_LINE:
                         found.append(f"{where}: output line of {len(line)} characters: {line[:60]}")
-            if output["output_type"] == "execute_result" and kind == "plain" \
-                    and STRAY_VALUE.match(text.strip()):
+            if (
+                output["output_type"] == "execute_result"
+                and kind == "plain"
+                and STRAY_VALUE.match(text.strip())
+            ):
                 found.append(f"{where}: stray return value {text.strip()[:40]!r} (end the line with ;)")
     return found
 

@@ -3,6 +3,7 @@ those outputs with warnings as errors, then every page opened in a real browser.
 
 Runs on a copy of the book sources, so the committed notebooks stay without outputs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TIMINGS
 
 pytestmark = pytest.mark.book
@@ -30,7 +30,9 @@ CHROMIUM = "/usr/bin/chromium"
 
 def _toc_notebooks() -> list[str]:
     toc = yaml.safe_load((REPO / "_toc.yml").read_text())
-    return [c["file"] for part in toc["parts"] for c in part["chapters"] if c["file"].startswith("notebooks/")]
+    return [
+        c["file"] for part in toc["parts"] for c in part["chapters"] if c["file"].startswith("notebooks/")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +53,38 @@ def executed(book_copy) -> subprocess.CompletedProcess:
     junit = book_copy / "nbmake.xml"
     paths = [str(book_copy / f"{nb}.ipynb") for nb in _toc_notebooks()]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbmake", "--overwrite", f"--nbmake-timeout={HARD_TIMEOUT_SECONDS}",
-         "-p", "no:cacheprovider", "-q", f"--junitxml={junit}", "--rootdir", str(book_copy), *paths],
-        cwd=book_copy, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": ""})
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbmake",
+            "--overwrite",
+            f"--nbmake-timeout={HARD_TIMEOUT_SECONDS}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--junitxml={junit}",
+            "--rootdir",
+            str(book_copy),
+            *paths,
+        ],
+        cwd=book_copy,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONWARNINGS": ""},
+    )
     rows = []
     if junit.exists():
         for case in ET.parse(junit).getroot().iter("testcase"):
             failed = case.find("failure") is not None or case.find("error") is not None
-            rows.append({"notebook": case.get("name", "?"),
-                         "seconds": float(case.get("time", 0)), "budget": BUDGET_SECONDS,
-                         "status": "FAILED" if failed else "ok"})
+            rows.append(
+                {
+                    "notebook": case.get("name", "?"),
+                    "seconds": float(case.get("time", 0)),
+                    "budget": BUDGET_SECONDS,
+                    "status": "FAILED" if failed else "ok",
+                }
+            )
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
     TIMINGS.write_text(json.dumps(rows, indent=1))
     return result
@@ -92,8 +116,9 @@ def built_html(book_copy, executed) -> Path:
     if executed.returncode != 0:
         pytest.fail("notebooks failed to execute; see test_every_notebook_executes_offline")
     start = time.perf_counter()
-    result = subprocess.run(["jupyter-book", "build", str(book_copy), "-W", "--keep-going"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["jupyter-book", "build", str(book_copy), "-W", "--keep-going"], capture_output=True, text=True
+    )
     print(f"book build: {time.perf_counter() - start:.1f} s")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     html = book_copy / "_build" / "html"
@@ -122,8 +147,16 @@ def browser():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -139,15 +172,20 @@ def site(built_html):
 
 
 def test_every_page_in_a_browser(built_html, site, browser):
-    pages = sorted(p.relative_to(built_html).as_posix() for p in built_html.rglob("*.html")
-                   if not p.relative_to(built_html).parts[0].startswith(("_", "genindex", "search")))
+    pages = sorted(
+        p.relative_to(built_html).as_posix()
+        for p in built_html.rglob("*.html")
+        if not p.relative_to(built_html).parts[0].startswith(("_", "genindex", "search"))
+    )
     notebooks = {f"{nb}.html" for nb in _toc_notebooks()}
     assert notebooks <= set(pages)
     shots = REPO / "_build" / "ci" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(site) else route.abort())
+    page.route(
+        "**/*", lambda route: route.continue_() if route.request.url.startswith(site) else route.abort()
+    )
     scrolling = []
     for name in pages:
         page.goto(f"{site}/{name}", wait_until="load")
@@ -160,7 +198,9 @@ def test_every_page_in_a_browser(built_html, site, browser):
         scrolling += [f"{name}: {what}" for what in page.evaluate(SIDEWAYS_SCROLLERS)]
         if name in notebooks:
             stem = Path(name).stem
-            colab = page.locator(f'a[href^="https://colab.research.google.com/github/"][href$="{stem}.ipynb"]')
+            colab = page.locator(
+                f'a[href^="https://colab.research.google.com/github/"][href$="{stem}.ipynb"]'
+            )
             assert colab.count() >= 1, f"{name}: no Colab launch link"
             page.screenshot(path=str(shots / f"{stem}.png"), full_page=False)
             if not stem[:2].isdigit():

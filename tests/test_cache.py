@@ -12,6 +12,7 @@ def _builder(calls):
         (folder / "sub").mkdir()
         (folder / "sub" / "more.txt").write_text("more")
         return {"rows": 2}
+
     return build
 
 

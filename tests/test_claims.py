@@ -24,3 +24,13 @@ def test_an_unknown_mode_says_what_to_use(monkeypatch):
     monkeypatch.setenv("COURSE_CLAIMS", "warn")
     with pytest.raises(Exception, match="enforce, report"):
         claim("x", False)
+
+
+def test_colab_reports_by_default(monkeypatch, capsys):
+    import sys
+    import types
+
+    monkeypatch.delenv("COURSE_CLAIMS", raising=False)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert claim("loss falls", False) is False
+    assert "✗" in capsys.readouterr().out

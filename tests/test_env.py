@@ -32,13 +32,13 @@ def test_deprecations_become_errors():
     strict_warnings()
     with pytest.raises(FutureWarning):
         warnings.warn_explicit("old", FutureWarning, "x.py", 1, module="transformers.modeling_utils")
+    import logging
+
     import torch
     from transformers import AutoModelForCausalLM
 
     from course_lib.models import source_of
     from course_lib.profiles import resolve
-
-    import logging
 
     with pytest.raises(FutureWarning, match="is deprecated"):
         logging.getLogger("transformers.any_module").warning("`old_name` is deprecated, use `new_name`")
@@ -48,8 +48,9 @@ def test_deprecations_become_errors():
 
 
 def test_pytest_and_notebooks_share_the_strict_pattern():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     filters = config["tool"]["pytest"]["ini_options"]["filterwarnings"]

@@ -29,9 +29,11 @@ def test_alpaca_formatter_check():
         return format_alpaca(row)["text"]
 
     def always_input(row):  # the usual slip: the Input section even when input is blank
-        return (f"Below is an instruction that describes a task, paired with an input that provides further "
-                f"context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
-                f"{row['instruction']}\n\n### Input:\n{row['input']}\n\n### Response:\n{row['output']}")
+        return (
+            f"Below is an instruction that describes a task, paired with an input that provides further "
+            f"context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+            f"{row['instruction']}\n\n### Input:\n{row['input']}\n\n### Response:\n{row['output']}"
+        )
 
     def broken(row):
         raise KeyError("input")
@@ -57,14 +59,18 @@ def test_top_words_check():
 
 # --- chapter 3 -------------------------------------------------------------------------------------
 
+
 def test_arguments_check(tmp_path):
     from transformers import TrainingArguments
 
     from course_lib import training
     from course_lib.exercises import ch03
 
-    good = TrainingArguments(tmp_path, **training.preset_arguments(
-        eval_steps=10, save_steps=10, report_to=["tensorboard"], seed=0), max_steps=40)
+    good = TrainingArguments(
+        tmp_path,
+        **training.preset_arguments(eval_steps=10, save_steps=10, report_to=["tensorboard"], seed=0),
+        max_steps=40,
+    )
     assert ch03.check_arguments(good).passed
     wrong = TrainingArguments(tmp_path, **training.preset_arguments(report_to="none", seed=1), max_steps=40)
     message = ch03.check_arguments(wrong).message
@@ -85,7 +91,9 @@ def test_compute_metrics_check():
     assert metrics["macro_f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
 
     def accuracy_only(eval_pred):
-        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        logits = (
+            eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        )
         return {"accuracy": float(np.mean(np.argmax(logits, -1) == eval_pred.label_ids))}
 
     def no_tuple(eval_pred):

@@ -3,6 +3,7 @@
 A lazy import inside a function is still a dependency (it only hides it from import time), so this
 reads every ``import`` statement in the file, wherever it stands.
 """
+
 import ast
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def test_imports_point_down():
         module = _module_name(path)
         for target in _imports(path) - {module}:
             if target in layer_of and layer_of[target] >= layer_of.get(module, len(LAYERS)):
-                upward.append(f"{path.relative_to(REPO)} imports {target} (layer {layer_of[target]}"
-                              f" >= {layer_of.get(module)})")
+                upward.append(
+                    f"{path.relative_to(REPO)} imports {target} (layer {layer_of[target]}"
+                    f" >= {layer_of.get(module)})"
+                )
     assert not upward, "imports that point up or sideways:\n" + "\n".join(upward)

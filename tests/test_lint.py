@@ -1,5 +1,6 @@
 """ruff keeps the library, the tests and the notebooks' cells linted and formatted
 (notebook cells at 79 columns: notebooks/.ruff.toml)."""
+
 import subprocess
 import sys
 

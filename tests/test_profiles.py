@@ -2,8 +2,15 @@ import pytest
 
 from course_lib.profiles import CourseError, active_profile, registry_table, resolve, roles
 
-EXPECTED_ROLES = {"causal-lm", "chat-model", "encoder", "pretraining-corpus", "sft-data",
-                  "preference-data", "classification-data"}
+EXPECTED_ROLES = {
+    "causal-lm",
+    "chat-model",
+    "encoder",
+    "pretraining-corpus",
+    "sft-data",
+    "preference-data",
+    "classification-data",
+}
 
 
 def test_registry_has_every_role_in_both_profiles():

@@ -1,10 +1,11 @@
 """Checks on the repository itself: pins agree, notebooks are clean and listed, README and CI agree."""
+
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,31 +85,90 @@ def test_project_url_matches_the_book_repository():
 # The calls each chapter teaches, written out in its own code cells before its Exercises (issue 9).
 # Add to this list; never remove from it.
 TAUGHT_CALLS = {
-    "01": ["AutoModelForCausalLM.from_pretrained(", "AutoTokenizer.from_pretrained(", "GenerationConfig(",
-           ".generate(", "pipeline(", "PIPELINE_REGISTRY.register_pipeline(", "(Pipeline)",
-           "def _sanitize_parameters", "resize_token_embeddings(", "(PretrainedConfig)",
-           "(PreTrainedModel", "AutoModelForCausalLM.register("],
-    "02": ["load_dataset(", "batched=True", ".filter(", "train_test_split(", "streaming=True",
-           "interleave_datasets(", "save_to_disk(", "load_from_disk("],
-    "03": ["TrainingArguments(", "Trainer(", "AutoModelForSequenceClassification.from_pretrained(",
-           "def compute_metrics", "def compute_loss", "(Trainer)", "(TrainerCallback)",
-           "EarlyStoppingCallback("],
-    "04": ["ModelCard", "Client(", ("upload_folder(", "push_to_hub("),
-           ("gr.Interface(", "gr.Blocks(", "gr.ChatInterface(")],
-    "05": ["LoraConfig(", "get_peft_model(", "SFTConfig(", "SFTTrainer(", "DPOConfig(", "DPOTrainer(",
-           "PeftModel.from_pretrained(", "merge_and_unload("],
+    "01": [
+        "AutoModelForCausalLM.from_pretrained(",
+        "AutoTokenizer.from_pretrained(",
+        "GenerationConfig(",
+        ".generate(",
+        "pipeline(",
+        "PIPELINE_REGISTRY.register_pipeline(",
+        "(Pipeline)",
+        "def _sanitize_parameters",
+        "resize_token_embeddings(",
+        "(PretrainedConfig)",
+        "(PreTrainedModel",
+        "AutoModelForCausalLM.register(",
+    ],
+    "02": [
+        "load_dataset(",
+        "batched=True",
+        ".filter(",
+        "train_test_split(",
+        "streaming=True",
+        "interleave_datasets(",
+        "save_to_disk(",
+        "load_from_disk(",
+    ],
+    "03": [
+        "TrainingArguments(",
+        "Trainer(",
+        "AutoModelForSequenceClassification.from_pretrained(",
+        "def compute_metrics",
+        "def compute_loss",
+        "(Trainer)",
+        "(TrainerCallback)",
+        "EarlyStoppingCallback(",
+    ],
+    "04": [
+        "ModelCard",
+        "Client(",
+        ("upload_folder(", "push_to_hub("),
+        ("gr.Interface(", "gr.Blocks(", "gr.ChatInterface("),
+    ],
+    "05": [
+        "LoraConfig(",
+        "get_peft_model(",
+        "SFTConfig(",
+        "SFTTrainer(",
+        "DPOConfig(",
+        "DPOTrainer(",
+        "PeftModel.from_pretrained(",
+        "merge_and_unload(",
+    ],
     "06": ["apply_chat_template(", "-100", "DataCollator"],
-    "07": ["LlamaConfig(", "LlamaForCausalLM(", "TrainingArguments(", "Trainer(",
-           "DataCollatorForLanguageModeling("],
+    "07": [
+        "LlamaConfig(",
+        "LlamaForCausalLM(",
+        "TrainingArguments(",
+        "Trainer(",
+        "DataCollatorForLanguageModeling(",
+    ],
     "08": ["LoraConfig(", "SFTConfig(", "SFTTrainer("],
     "09": ["GenerationConfig(", ".generate(", ("stop_strings=", "StoppingCriteria"), "repetition_penalty="],
     "10": ["pipeline(", "FastAPI(", "@app.post(", "(BaseModel)"],
-    "11": [".backward(", "optimizer.step(", "clip_grad_norm_(", "zero_grad(", "torch.save(",
-           "load_state_dict("],
-    "12": ["PromptTuningConfig(", "PrefixTuningConfig(", "PromptEncoderConfig(", "LoraConfig(", "IA3Config(",
-           "get_peft_model("],
-    "13": ["BitsAndBytesConfig(", "TorchAoConfig(", "quantization_config=", "prepare_model_for_kbit_training(",
-           "LoraConfig("],
+    "11": [
+        ".backward(",
+        "optimizer.step(",
+        "clip_grad_norm_(",
+        "zero_grad(",
+        "torch.save(",
+        "load_state_dict(",
+    ],
+    "12": [
+        "PromptTuningConfig(",
+        "PrefixTuningConfig(",
+        "PromptEncoderConfig(",
+        "LoraConfig(",
+        "IA3Config(",
+        "get_peft_model(",
+    ],
+    "13": [
+        "BitsAndBytesConfig(",
+        "TorchAoConfig(",
+        "quantization_config=",
+        "prepare_model_for_kbit_training(",
+        "LoraConfig(",
+    ],
     "14": ["Accelerator(", ".prepare(", ".backward(", "zero_optimization"],
 }
 
@@ -134,8 +194,11 @@ def test_every_chapter_is_in_the_taught_calls_list():
 def test_chapter_writes_the_calls_it_teaches(chapter):
     path = next(p for p in NOTEBOOKS if p.name.startswith(chapter))
     code = _lesson_code(path)
-    missing = [call for call in TAUGHT_CALLS[chapter]
-               if not any(c in code for c in (call if isinstance(call, tuple) else (call,)))]
+    missing = [
+        call
+        for call in TAUGHT_CALLS[chapter]
+        if not any(c in code for c in (call if isinstance(call, tuple) else (call,)))
+    ]
     assert not missing, f"{path.name} does not write these before its Exercises: {missing}"
 
 
@@ -143,6 +206,11 @@ def test_chapter_writes_the_calls_it_teaches(chapter):
 def test_code_cells_fit_the_page(path):
     from page_checks import MAX_LINE
 
-    long = [line for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "code"
-            for line in "".join(cell["source"]).splitlines() if len(line) > MAX_LINE]
+    long = [
+        line
+        for cell in json.loads(path.read_text())["cells"]
+        if cell["cell_type"] == "code"
+        for line in "".join(cell["source"]).splitlines()
+        if len(line) > MAX_LINE
+    ]
     assert not long, f"{path.name}: {len(long)} code lines over {MAX_LINE} characters, e.g. {long[0]!r}"

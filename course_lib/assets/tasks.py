@@ -11,6 +11,7 @@ name, so a function never appears in two splits. Each row also records
 ``corpus_split``: the split of the corpus document that describes the entry,
 so a chapter can ask whether pretraining saw it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,13 @@ def classification_rows(api: list[dict], seed: int = 0) -> list[dict]:
         package = entry["module"].split(".")[0]
         if package in by_label:
             text = " ".join(entry["docstring"].split())[:400]
-            by_label[package].append({"text": text, "label": CLASSIFICATION_LABELS.index(package),
-                                      "source": f"{entry['module']}.{entry['qualname']}"})
+            by_label[package].append(
+                {
+                    "text": text,
+                    "label": CLASSIFICATION_LABELS.index(package),
+                    "source": f"{entry['module']}.{entry['qualname']}",
+                }
+            )
     smallest = min(len(rows) for rows in by_label.values())
     rng = random.Random(seed)
     chosen = [row for name in CLASSIFICATION_LABELS for row in rng.sample(by_label[name], smallest)]
@@ -60,16 +66,37 @@ def sft_rows(api: list[dict]) -> list[dict]:
         full = f"{entry['module']}.{entry['qualname']}"
         base = {"source": full, "corpus_split": entry["split"]}
         if entry["kind"] == "function" and name_counts[entry["qualname"]] == 1:
-            rows.append(base | {"task": "module", "input": "", "output": entry["module"],
-                                "instruction": f"Which standard-library module defines the "
-                                               f"function `{entry['qualname']}`?"})
+            rows.append(
+                base
+                | {
+                    "task": "module",
+                    "input": "",
+                    "output": entry["module"],
+                    "instruction": f"Which standard-library module defines the "
+                    f"function `{entry['qualname']}`?",
+                }
+            )
         if entry["kind"] in ("function", "method") and len(entry["signature"]) <= 60:
-            rows.append(base | {"task": "signature", "input": "", "output": entry["signature"],
-                                "instruction": f"What are the parameters of `{full}`?"})
+            rows.append(
+                base
+                | {
+                    "task": "signature",
+                    "input": "",
+                    "output": entry["signature"],
+                    "instruction": f"What are the parameters of `{full}`?",
+                }
+            )
         summary = first_sentence(entry["docstring"])
         if 20 <= len(summary) <= 120:
-            rows.append(base | {"task": "summary", "input": "", "output": summary,
-                                "instruction": f"Describe `{full}` in one sentence."})
+            rows.append(
+                base
+                | {
+                    "task": "summary",
+                    "input": "",
+                    "output": summary,
+                    "instruction": f"Describe `{full}` in one sentence.",
+                }
+            )
     return rows
 
 
@@ -85,8 +112,16 @@ def preference_rows(sft: list[dict], seed: int = 0) -> list[dict]:
         rejected = row["output"]
         while rejected == row["output"]:
             rejected = pool[rng.randrange(len(pool))]
-        rows.append({"prompt": row["instruction"], "chosen": row["output"], "rejected": rejected,
-                     "task": row["task"], "source": row["source"], "corpus_split": row["corpus_split"]})
+        rows.append(
+            {
+                "prompt": row["instruction"],
+                "chosen": row["output"],
+                "rejected": rejected,
+                "task": row["task"],
+                "source": row["source"],
+                "corpus_split": row["corpus_split"],
+            }
+        )
     return rows
 
 
@@ -106,8 +141,10 @@ def write_tasks(corpus_folder: Path, out_folder: Path) -> dict:
     """Write ``classification/``, ``sft/`` and ``preference/`` split files; return row counts."""
     api = _read_api(corpus_folder)
     sft = sft_rows(api)
-    counts = {"classification": _write_splits(classification_rows(api), out_folder / "classification"),
-              "sft": _write_splits(sft, out_folder / "sft"),
-              "preference": _write_splits(preference_rows(sft), out_folder / "preference")}
+    counts = {
+        "classification": _write_splits(classification_rows(api), out_folder / "classification"),
+        "sft": _write_splits(sft, out_folder / "sft"),
+        "preference": _write_splits(preference_rows(sft), out_folder / "preference"),
+    }
     (out_folder / "classification" / "labels.json").write_text(json.dumps(CLASSIFICATION_LABELS))
     return {"rows": counts}

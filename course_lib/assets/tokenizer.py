@@ -1,4 +1,5 @@
 """Train the course's byte-level BPE tokenizer on the corpus's train split."""
+
 from __future__ import annotations
 
 import json
@@ -43,12 +44,16 @@ def train_tokenizer(corpus_folder: Path, out_folder: Path, vocab_size: int = VOC
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(iter_train_texts(corpus_folder), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
-                                   pad_token=PAD, model_max_length=512)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=512
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out_folder)
     return {"vocab_size": len(fast)}

@@ -3,6 +3,7 @@
 Each check returns a :class:`Feedback`: ``passed`` for graders, a message that
 says what is right or what to look at next for learners.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

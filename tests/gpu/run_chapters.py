@@ -8,6 +8,7 @@ Each chapter runs in its own process, in a scratch folder, with a time limit; ce
 chapters use are honoured (%%writefile writes its file; other % and ! lines are skipped).
 Writes one row per chapter: seconds, status, the failing cell and the error's last lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RUNNER = r'''
+RUNNER = r"""
 import json, sys, traceback
 cells = json.load(open(sys.argv[1]))
 namespace = {"__name__": "__main__", "display": lambda *a, **k: None}
@@ -41,7 +42,7 @@ for number, source in cells:
         traceback.print_exc()
         sys.exit(1)
 print("ALL_CELLS_RAN", flush=True)
-'''
+"""
 
 
 def code_cells(path: Path) -> list[tuple[int, str]]:
@@ -57,18 +58,29 @@ def run_chapter(path: Path, timeout: float) -> dict:
         runner.write_text(RUNNER)
         start = time.perf_counter()
         try:
-            result = subprocess.run([sys.executable, str(runner), str(cells_file)], cwd=scratch,
-                                    capture_output=True, text=True, timeout=timeout,
-                                    env=os.environ | {"MPLBACKEND": "Agg"})
+            result = subprocess.run(
+                [sys.executable, str(runner), str(cells_file)],
+                cwd=scratch,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=os.environ | {"MPLBACKEND": "Agg"},
+            )
             output, code = result.stdout + result.stderr, result.returncode
         except subprocess.TimeoutExpired as expired:
             output, code = f"{expired.stdout or ''}{expired.stderr or ''}\nTIMEOUT", -1
         seconds = round(time.perf_counter() - start, 1)
-    failed_cell = next((line.split()[1] for line in output.splitlines()
-                        if line.startswith("FAILED_CELL")), None)
+    failed_cell = next(
+        (line.split()[1] for line in output.splitlines() if line.startswith("FAILED_CELL")), None
+    )
     status = "ok" if code == 0 and "ALL_CELLS_RAN" in output else ("timeout" if code == -1 else "failed")
-    return {"chapter": path.stem, "seconds": seconds, "status": status, "failed_cell": failed_cell,
-            "tail": "" if status == "ok" else output[-2500:]}
+    return {
+        "chapter": path.stem,
+        "seconds": seconds,
+        "status": status,
+        "failed_cell": failed_cell,
+        "tail": "" if status == "ok" else output[-2500:],
+    }
 
 
 def main() -> None:
@@ -81,8 +93,10 @@ def main() -> None:
     for notebook in args.notebooks:
         rows.append(run_chapter(Path(notebook).resolve(), args.timeout))
         row = rows[-1]
-        print(f"{row['chapter']:40} {row['status']:8} {row['seconds']:7.1f} s  cell {row['failed_cell']}",
-              flush=True)
+        print(
+            f"{row['chapter']:40} {row['status']:8} {row['seconds']:7.1f} s  cell {row['failed_cell']}",
+            flush=True,
+        )
         if row["tail"]:
             print(row["tail"][-1500:], flush=True)
         Path(args.out).write_text(json.dumps(rows, indent=1))
