@@ -1,4 +1,5 @@
-"""Command line: ``python -m course_lib doctor`` and ``python -m course_lib assets build``."""
+"""Command line: ``doctor``, ``assets build``, ``bench``, ``peft-sweep`` and ``assignments build|grade``
+(``python -m course_lib --help``)."""
 
 from __future__ import annotations
 

@@ -348,7 +348,7 @@ def llama(size: str, seed: int = 0):
 
 
 def _progress(items, description: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: they render in the static book too
 
     return tqdm(items, desc=description, disable=not enabled, leave=False)
 

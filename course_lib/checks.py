@@ -851,7 +851,7 @@ def dequantized_reference(model, source: str):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from .finetune import ignore_checkpointing_rename
+    from .env import ignore_checkpointing_rename
 
     config = copy.deepcopy(model.peft_config["default"])
     with ignore_checkpointing_rename():

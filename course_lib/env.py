@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -9,6 +10,7 @@ import platform
 import random
 import socket
 import warnings
+from collections.abc import Iterator
 
 from .profiles import OFFLINE, active_profile, hub_is_offline
 
@@ -29,6 +31,25 @@ STRICT_ENV = "COURSE_STRICT_WARNINGS"
 # (course_lib, tests, a notebook's cells, which run as __main__). pyproject.toml's pytest
 # filterwarnings use the same pattern (a test checks).
 STRICT_WARNING_MODULES = r"(transformers|datasets|peft|trl|accelerate|course_lib|test_|__main__)"
+
+
+# transformers 5.23 renamed ``is_gradient_checkpointing``; peft 0.21 and TRL 1.16 still read the old
+# name. A page silences exactly this with ``warnings.filterwarnings("ignore", CHECKPOINTING_RENAME)``.
+CHECKPOINTING_RENAME = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextlib.contextmanager
+def ignore_checkpointing_rename() -> Iterator[None]:
+    """Silence one FutureWarning that peft 0.21 and TRL 1.16 trigger inside transformers 5.23, and nothing else.
+
+    transformers renamed ``model.is_gradient_checkpointing`` to ``is_activation_checkpointing``;
+    ``PeftModel.__init__`` and ``DPOTrainer`` (at every reference forward pass) still read the old
+    name. The warning is about their code, not ours, but CI turns it into an error. Library code that
+    calls into peft or TRL runs under this.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CHECKPOINTING_RENAME, category=FutureWarning)
+        yield
 
 
 class _RaiseOnDeprecation(logging.Handler):

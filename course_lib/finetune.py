@@ -22,15 +22,14 @@ the completion only, and :func:`generate_answers` builds its prompts exactly as 
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .env import ignore_checkpointing_rename
 from .evaluation import exact_match, normalize_answer
 from .models import pick_device
 from .profiles import CourseError
@@ -50,27 +49,6 @@ TRL_DEFAULTS: dict[str, Any] = {
     "dataloader_num_workers": 0,
     "per_device_eval_batch_size": 32,
 }
-
-
-# --- warnings -----------------------------------------------------------------------------------
-
-# transformers 5.23 renamed ``is_gradient_checkpointing``; peft 0.21 and TRL 1.16 still read the old
-# name. A page silences exactly this with ``warnings.filterwarnings("ignore", CHECKPOINTING_RENAME)``.
-CHECKPOINTING_RENAME = r"`is_gradient_checkpointing` is deprecated"
-
-
-@contextlib.contextmanager
-def ignore_checkpointing_rename() -> Iterator[None]:
-    """Silence one FutureWarning that peft 0.21 and TRL 1.16 trigger inside transformers 5.23, and nothing else.
-
-    transformers renamed ``model.is_gradient_checkpointing`` to ``is_activation_checkpointing``;
-    ``PeftModel.__init__`` and ``DPOTrainer`` (at every reference forward pass) still read the old
-    name. The warning is about their code, not ours, but CI turns it into an error. Library code that
-    calls into peft or TRL runs under this.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=CHECKPOINTING_RENAME, category=FutureWarning)
-        yield
 
 
 # --- saved adapters and merged models ----------------------------------------------------------

@@ -133,7 +133,7 @@ def train_steps(
     data in the same order. ``after_step(step)`` runs after each optimizer step (AdaLoRA needs it
     to re-allocate its ranks). Returns the wall-clock seconds and the loss of every step.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: they render in the static book too
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}.")
@@ -491,7 +491,7 @@ def _apply(model: nn.Module, method) -> nn.Module:
         return method(model)
     from peft import PeftConfig, get_peft_model
 
-    from .finetune import ignore_checkpointing_rename
+    from .env import ignore_checkpointing_rename
 
     if not isinstance(method, PeftConfig):
         raise CourseError(

@@ -183,7 +183,8 @@ class ProgressBarCallback(TrainerCallback):
         self.bar = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from tqdm.auto import tqdm
+        # a text bar: the static book keeps its final line (a widget bar would render blank there)
+        from tqdm import tqdm
 
         self.bar = tqdm(total=state.max_steps, desc=self.description, mininterval=5)
 

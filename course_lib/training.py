@@ -132,7 +132,7 @@ def _build_presets() -> dict[str, Preset]:
         ),
         "lora": _preset(
             "lora",
-            "train low-rank adapters only; adapters from finetune.lora_config()",
+            "train low-rank adapters only; the adapters come from a peft LoraConfig (chapter 5)",
             {
                 "learning_rate": (2e-4, "adapters start at zero and are few: they need larger steps"),
                 "per_device_train_batch_size": (16, "activations still flow through the whole model"),

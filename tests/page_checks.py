@@ -34,6 +34,7 @@ STRAY_VALUE = re.compile(
     r"^(-?\d+(\.\d+)?|None|True|False|<[\w.]+ (object|at) .*>|\[?<matplotlib.*>\]?"
     r"|<Figure size .*>|Text\(.*\))$"
 )
+WIDGET = "application/vnd.jupyter.widget-view+json"
 _CARRIAGE = re.compile(r"^.*\r(?=[^\n])", re.M)  # what nbconvert/myst-nb keep of a \r-updated line
 
 
@@ -64,6 +65,8 @@ def problems(notebook: dict, name: str = "") -> list[str]:
             if len(line) > MAX_LINE:
                 found.append(f"{where}: code line of {len(line)} characters: {line[:60]}")
         for output in cell.get("outputs", []):
+            if WIDGET in output.get("data", {}):
+                found.append(f"{where}: a widget (blank in the static book: use a text bar or a plot)")
             kind, text = _output_text(output)
             if kind == "error":
                 found.append(f"{where}: error output")

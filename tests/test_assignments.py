@@ -225,8 +225,8 @@ def test_wrong_fixtures_pass_the_public_checks():
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from course_lib.env import CHECKPOINTING_RENAME
     from course_lib.exercises import ch02, ch06, ch12
-    from course_lib.finetune import CHECKPOINTING_RENAME
     from course_lib.peft_methods import tiny_model
 
     def answer(key, label):

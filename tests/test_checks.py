@@ -380,7 +380,7 @@ def test_qlora_gradient_error_detects_the_cpu_repack(course_lm):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from course_lib import quantization
-    from course_lib.finetune import ignore_checkpointing_rename
+    from course_lib.env import ignore_checkpointing_rename
     from course_lib.models import source_of
     from course_lib.profiles import resolve
 

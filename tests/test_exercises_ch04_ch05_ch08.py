@@ -3,6 +3,7 @@ import copy
 import torch
 
 from course_lib import finetune as ft
+from course_lib.env import ignore_checkpointing_rename
 from course_lib.exercises import ch05
 
 # --- chapter 5 -----------------------------------------------------------------------------------
@@ -11,7 +12,7 @@ from course_lib.exercises import ch05
 def _lora(model, **settings):
     from peft import LoraConfig, get_peft_model
 
-    with ft.ignore_checkpointing_rename():
+    with ignore_checkpointing_rename():
         return get_peft_model(copy.deepcopy(model), LoraConfig(task_type="CAUSAL_LM", **settings))
 
 

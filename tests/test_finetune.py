@@ -6,6 +6,7 @@ import torch
 from datasets import Dataset
 
 from course_lib import finetune as ft
+from course_lib.env import ignore_checkpointing_rename
 from course_lib.profiles import CourseError
 
 
@@ -35,7 +36,7 @@ def test_adapter_round_trip_and_merge_keep_outputs(course_lm, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     model, tokenizer = course_lm
-    with ft.ignore_checkpointing_rename():
+    with ignore_checkpointing_rename():
         peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(target_modules="all-linear"))
     with torch.no_grad():  # move the adapters away from their zero-initialised B matrices
         for name, param in peft_model.named_parameters():
@@ -46,7 +47,7 @@ def test_adapter_round_trip_and_merge_keep_outputs(course_lm, tmp_path):
     peft_model.save_pretrained(tmp_path)
     names = [row["file"] for row in ft.saved_files(tmp_path)]
     assert "adapter_model.safetensors" in names and "adapter_config.json" in names
-    with ft.ignore_checkpointing_rename():
+    with ignore_checkpointing_rename():
         reloaded = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path)
     assert ft.max_logit_difference(peft_model, reloaded, tokenizer, texts) == 0.0
     merged = reloaded.merge_and_unload()
@@ -193,7 +194,7 @@ def test_sft_and_dpo_train_and_report(course_lm, tmp_path):
     model, tokenizer = course_lm
 
     def with_lora():
-        with ft.ignore_checkpointing_rename():
+        with ignore_checkpointing_rename():
             return get_peft_model(copy.deepcopy(model), LoraConfig(target_modules="all-linear"))
 
     top = ft.frequent_answers(ft.task_rows("sft-data", "train", task="module"), 3)
@@ -219,7 +220,7 @@ def test_sft_and_dpo_train_and_report(course_lm, tmp_path):
     )
     with pytest.raises(CourseError, match="labels"):
         ft.loss_text(tokenizer, {"input_ids": [1, 2]})
-    with ft.ignore_checkpointing_rename():
+    with ignore_checkpointing_rename():
         result = sft.train()
     assert result.global_step == 2 and result.training_loss > 0
     pairs = ft.task_rows("preference-data", "train", task="module", answers=top, limit=8)
@@ -237,7 +238,7 @@ def test_sft_and_dpo_train_and_report(course_lm, tmp_path):
         "chosen_reward": 0.0,
         "rejected_reward": 0.0,
     }
-    with ft.ignore_checkpointing_rename():
+    with ignore_checkpointing_rename():
         dpo.train()
     after = ft.reward_metrics(dpo)
     assert after["reward_margin"] > 0

@@ -15,7 +15,7 @@ def _lora(model, r=8, alpha=16, scope="all-linear"):
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
-    from course_lib.finetune import ignore_checkpointing_rename
+    from course_lib.env import ignore_checkpointing_rename
 
     targets = pm.lora_target_modules(model, scope)
     transposed = any(isinstance(m, Conv1D) and n.split(".")[-1] in targets for n, m in model.named_modules())
@@ -172,7 +172,7 @@ def test_merge_is_equivalent(course_lm):
 def test_task_adapters_switch(course_lm):
     from peft import LoraConfig, get_peft_model
 
-    from course_lib.finetune import ignore_checkpointing_rename
+    from course_lib.env import ignore_checkpointing_rename
 
     _, tokenizer = course_lm
     sets = {

@@ -70,7 +70,7 @@ def _with_lora(model, r: int = 8, alpha: int = 16):
     """Chapter 13's LoRA: every linear layer (what the page writes)."""
     from peft import LoraConfig, get_peft_model
 
-    from course_lib.finetune import ignore_checkpointing_rename
+    from course_lib.env import ignore_checkpointing_rename
 
     config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, target_modules="all-linear")
     with ignore_checkpointing_rename():

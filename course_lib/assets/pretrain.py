@@ -88,7 +88,7 @@ def pretrain(
     tokenizer_folder: Path, corpus_folder: Path, out_folder: Path, train_config: dict = TRAIN_CONFIG
 ) -> dict:
     """Pretrain from scratch, save model + tokenizer to ``out_folder``, return metrics."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: they render in the static book too
     from transformers import AutoTokenizer
 
     cfg = train_config
