@@ -64,7 +64,7 @@ MODEL_SIZES: dict[str, dict] = {
         "num_attention_heads": 12,
     },
 }
-VOCAB_SIZE = 4096
+RANDOM_MODEL_VOCAB = 4096
 PRECISIONS = ("fp32", "bf16", "int8", "nf4")
 QUANTIZATIONS = ("fp32", "bf16", "int8 (bitsandbytes)", "nf4 (bitsandbytes)", "int8 weight-only (torchao)")
 
@@ -334,7 +334,7 @@ def llama(size: str, seed: int = 0):
         raise CourseError(f"Unknown model size {size!r}; choose from {list(MODEL_SIZES)}.")
     shape = MODEL_SIZES[size]
     config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=RANDOM_MODEL_VOCAB,
         max_position_embeddings=512,
         tie_word_embeddings=True,
         num_key_value_heads=shape["num_attention_heads"],
@@ -387,7 +387,7 @@ def random_ids(model, shape: tuple[int, ...], generator: torch.Generator | None 
     from .models import device_of
 
     generator = generator or torch.Generator().manual_seed(0)
-    return torch.randint(3, VOCAB_SIZE, shape, generator=generator).to(device_of(model))
+    return torch.randint(3, RANDOM_MODEL_VOCAB, shape, generator=generator).to(device_of(model))
 
 
 @torch.inference_mode()

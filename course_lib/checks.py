@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import json
 import logging
-import math
 import os
 import re
 import struct
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from .env import free_port
+from .evaluation import text_perplexity
 from .profiles import CourseError
 
 GB = 1e9
@@ -162,18 +162,10 @@ def try_forward(model, tokenizer, text: str) -> str:
     """Run ``model`` on ``text`` as ``tokenizer`` encodes it; report the error (``TypeName: message``)
     or, when it runs, the perplexity it produced."""
     try:
-        return f"no error: perplexity {text_perplexity(model, tokenizer, text):,.1f}"
+        perplexity = text_perplexity(model, tokenizer, [text])["perplexity"]
+        return f"no error: perplexity {perplexity:,.1f}"
     except (IndexError, RuntimeError) as error:
         return describe_error(error)
-
-
-@torch.no_grad()
-def text_perplexity(model, tokenizer, text: str) -> float:
-    """Perplexity of ``model`` on one text as ``tokenizer`` encodes it (no special tokens added)."""
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
-    if ids.shape[1] < 2:
-        raise ValueError("text_perplexity needs a text of at least two tokens.")
-    return math.exp(model(input_ids=ids, labels=ids).loss.item())
 
 
 # --------------------------------------------------------------------------- missing / unused weights

@@ -22,7 +22,7 @@ def _llama_shape(model) -> tuple[int, int, int, int]:
     return (config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size)
 
 
-def estimate_training_memory(model, batch_size: int, block_size: int) -> dict[str, int]:
+def estimate_step_memory(model, batch_size: int, block_size: int) -> dict[str, int]:
     """Bytes one AdamW training step of a Llama-style model needs, from shapes alone.
 
     parameters and gradients: one float each per parameter; AdamW: two (``exp_avg``,

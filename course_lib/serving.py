@@ -324,7 +324,7 @@ def _exit_when_orphaned(parent_pid: int, interval: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
-def main(argv: list[str] | None = None) -> None:
+def serve_command(argv: list[str] | None = None) -> None:
     """``python -m course_lib.serving chat_api:app [--app-dir .] [--host 127.0.0.1] --port N``."""
     parser = argparse.ArgumentParser(prog="python -m course_lib.serving", description=__doc__.splitlines()[0])
     parser.add_argument("app", help="the ASGI app to serve, as module:attribute (e.g. chat_api:app)")
@@ -354,4 +354,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    serve_command()

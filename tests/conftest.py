@@ -23,6 +23,22 @@ def pytest_configure(config):
     TIMINGS.unlink(missing_ok=True)  # only this run's notebook timings are reported
 
 
+def tiny_llama_config(**overrides):
+    """A Llama config small enough for unit tests (2 layers of width 16, vocabulary 64)."""
+    from transformers import LlamaConfig
+
+    settings = dict(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaConfig(**(settings | overrides))
+
+
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
     """An empty asset cache, so a test can build, corrupt and rebuild without touching the real one."""

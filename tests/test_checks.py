@@ -7,25 +7,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 
 from course_lib import checks
 from course_lib.profiles import CourseError
-
-
-def _tiny_llama_config(**overrides):
-    from transformers import LlamaConfig
-
-    settings = dict(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaConfig(**(settings | overrides))
-
 
 # ----------------------------------------------------------------- showing errors
 
@@ -102,9 +87,14 @@ def test_wrong_tokenizer_runs_silently_on_easy_text_but_perplexity_shows_it(cour
     model, tokenizer = course_lm
     wrong, text = load_tokenizer("encoder"), "it is in the list of the"
     assert max(wrong(text)["input_ids"]) < model.config.vocab_size
-    assert checks.text_perplexity(model, wrong, text) > 100 * checks.text_perplexity(model, tokenizer, text)
+    from course_lib.evaluation import text_perplexity
+
+    def perplexity(tok):
+        return text_perplexity(model, tok, [text])["perplexity"]
+
+    assert perplexity(wrong) > 100 * perplexity(tokenizer)
     with pytest.raises(ValueError):
-        checks.text_perplexity(model, tokenizer, "a")
+        text_perplexity(model, tokenizer, ["a"])
 
 
 # ----------------------------------------------------------------- missing / unused weights
@@ -158,7 +148,7 @@ def test_explain_loading_info_kinds():
 def test_meta_model_counts_parameters_without_memory():
     from transformers import AutoModelForCausalLM
 
-    config = _tiny_llama_config()
+    config = tiny_llama_config()
     shapes_only = checks.meta_model(config)
     assert all(p.device.type == "meta" for p in shapes_only.parameters())
     real = AutoModelForCausalLM.from_config(config)
@@ -169,7 +159,7 @@ def test_lora_parameter_count_agrees_with_peft():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    config = _tiny_llama_config()
+    config = tiny_llama_config()
     predicted = checks.lora_parameter_count(checks.meta_model(config), r=4)
     with warnings.catch_warnings():
         # peft 0.21.2 reads model.is_gradient_checkpointing, deprecated in transformers 5.23 (not our code)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_llama_config
 
 # Calls that create a tensor on the default device (the CPU) unless given ``device=``.
 BUILDERS = {
@@ -229,18 +229,9 @@ def test_the_check_itself(snippet, flagged):
 def meta_llama():
     """A tiny Llama whose weights live on the ``meta`` device: it says where inputs must go
     without any GPU (it cannot compute anything)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        pad_token_id=0,
-    )
+    config = tiny_llama_config(num_hidden_layers=1, pad_token_id=0)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     assert model.device.type == "meta"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 
 from course_lib import distributed as dist
 from course_lib.env import free_port
@@ -14,19 +15,10 @@ from course_lib.profiles import CourseError
 
 
 def _gradient_model(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_llama_config(hidden_size=32, intermediate_size=64))
 
 
 def _batch(size: int, seed: int) -> torch.Tensor:

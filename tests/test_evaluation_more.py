@@ -4,7 +4,8 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama_config
+from transformers import LlamaForCausalLM
 
 from course_lib import evaluation
 from course_lib.assets.pretrain import block_perplexity, pack_blocks
@@ -13,16 +14,7 @@ from course_lib.assets.pretrain import block_perplexity, pack_blocks
 @pytest.fixture(scope="module")
 def tiny_lm():
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(tiny_llama_config(vocab_size=50)).eval()
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ def blocks():
 def test_memory_estimate_matches_measurement(tokenizer):
     model = new_model(tokenizer)
     batch = torch.randint(5, 4096, (4, 32), generator=torch.Generator().manual_seed(0))
-    estimate = loop.estimate_training_memory(model, 4, 32)
+    estimate = loop.estimate_step_memory(model, 4, 32)
     measured = loop.measure_training_memory(model, batch)
     for part in ("parameters", "gradients", "optimizer states"):
         assert measured[part] == estimate[part], part

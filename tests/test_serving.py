@@ -118,7 +118,7 @@ def test_only_loopback_by_default(tmp_path):
     with pytest.raises(CourseError, match="loopback"):
         serving.load_test("http://192.0.2.1:80", GOOD, requests=1)
     with pytest.raises(CourseError, match="Refusing"):  # the command line refuses too
-        serving.main(["echo:app", "--host", "0.0.0.0", "--port", "8000"])
+        serving.serve_command(["echo:app", "--host", "0.0.0.0", "--port", "8000"])
 
 
 def test_latency_summary_uses_linear_quantiles():
