@@ -38,7 +38,7 @@ def _toc_notebooks() -> list[str]:
 @pytest.fixture(scope="module")
 def book_copy(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("book")
-    for name in ("_toc.yml", "book", "notebooks"):
+    for name in ("_toc.yml", "_static", "book", "notebooks"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     config = yaml.safe_load((REPO / "_config.yml").read_text())
