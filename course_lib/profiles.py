@@ -49,7 +49,7 @@ class RoleSpec:
 
 
 # role -> (kind, offline asset, hub repo id, hub config, notes)
-_REGISTRY: dict[str, tuple[str, str, str, str | None, str]] = {
+_REGISTRY: dict[str, tuple[str, str | None, str, str | None, str]] = {
     "causal-lm": ("model", "lm", "HuggingFaceTB/SmolLM2-135M", None, "small Llama-style decoder"),
     "chat-model": ("model", "lm", "Qwen/Qwen2.5-0.5B-Instruct", None, "decoder with a chat template"),
     "encoder": (
@@ -75,6 +75,15 @@ _REGISTRY: dict[str, tuple[str, str, str, str | None, str]] = {
         "prompt/chosen/rejected",
     ),
     "classification-data": ("dataset", "tasks/classification", "stanfordnlp/imdb", None, "text/label"),
+    # Hub only: no offline asset can serve these tasks (the offline encoder has no task heads).
+    "fill-mask-model": ("model", None, "distilbert/distilbert-base-uncased", None, "masked LM (hub only)"),
+    "qa-model": (
+        "model",
+        None,
+        "distilbert/distilbert-base-cased-distilled-squad",
+        None,
+        "extractive QA (hub only)",
+    ),
 }
 
 
@@ -125,6 +134,11 @@ def resolve(role: str, profile: str | None = None) -> RoleSpec:
                 f"{PROFILE_ENV}=offline to use the course's local assets."
             )
         return RoleSpec(role, kind, hub_id, HUB, config_name, notes)
+    if local is None:
+        raise CourseError(
+            f"Role {role!r} has no offline asset: it needs a real Hub model ({hub_id!r}). "
+            f"Run with {PROFILE_ENV}=hub (and network access) to use it."
+        )
     return RoleSpec(role, kind, local, OFFLINE, None, notes)
 
 
@@ -137,7 +151,7 @@ def registry_table() -> list[dict[str, str]]:
             {
                 "role": role,
                 "kind": kind,
-                "offline asset": local,
+                "offline asset": local or "(none)",
                 "hub": hub_id + (f" ({config_name})" if config_name else ""),
                 "notes": notes,
             }

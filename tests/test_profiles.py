@@ -10,12 +10,21 @@ EXPECTED_ROLES = {
     "sft-data",
     "preference-data",
     "classification-data",
+    "fill-mask-model",
+    "qa-model",
 }
 
 
 def test_registry_has_every_role_in_both_profiles():
     assert set(roles()) == EXPECTED_ROLES
     assert {row["role"] for row in registry_table()} == EXPECTED_ROLES
+
+
+@pytest.mark.parametrize("role", ["fill-mask-model", "qa-model"])
+def test_hub_only_roles_say_how_to_use_them_offline(monkeypatch, role):
+    monkeypatch.setenv("COURSE_PROFILE", "offline")
+    with pytest.raises(CourseError, match="COURSE_PROFILE=hub"):
+        resolve(role)
 
 
 def test_offline_is_the_default(monkeypatch):
