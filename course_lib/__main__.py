@@ -1,4 +1,4 @@
-"""Command line: ``doctor``, ``assets build``, ``bench``, ``peft-sweep`` and ``assignments build|grade``
+"""Command line: ``doctor``, ``assets build``, ``hub build``, ``bench``, ``peft-sweep`` and ``assignments build|grade``
 (``python -m course_lib --help``)."""
 
 from __future__ import annotations
@@ -28,6 +28,27 @@ def _assets_build(_: argparse.Namespace) -> int:
         manifest = read_manifest(folder)
         summary = {k: v for k, v in manifest.items() if k not in ("recipe", "files", "name")}
         print(f"{name}: ready in {time.perf_counter() - start:.1f} s  {json.dumps(summary)}")
+    from .distributed import build_deepspeed_ops
+
+    # DeepSpeed compiles its CPU communication op on first use (minutes): chapter 14 must not pay it.
+    print(f"deepspeed comm op: ready in {build_deepspeed_ops():.1f} s")
+    return 0
+
+
+def _hub_build(args: argparse.Namespace) -> int:
+    from . import synthetic_hub
+
+    start = time.perf_counter()
+    folder = synthetic_hub.build(full_depth=args.full_depth, narrow=args.narrow)
+    print(f"synthetic hub ready in {time.perf_counter() - start:.1f} s: {folder}")
+    for row in synthetic_hub.shapes_table(args.full_depth, args.narrow):
+        print(
+            f"  {row['repo']:50} {row['class']:32} vocab {row['vocab']:6} width {row['hidden']:4} "
+            f"layers {row['layers']}"
+        )
+    print("activate it (before starting Python or Jupyter):")
+    for key, value in synthetic_hub.environment(folder).items():
+        print(f"  export {key}={value}")
     return 0
 
 
@@ -119,6 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     assets_commands.add_parser("build", help="build or verify every cached asset").set_defaults(
         run=_assets_build
     )
+    hub_parser = commands.add_parser("hub", help="the synthetic Hub that runs the hub profile offline")
+    hub_commands = hub_parser.add_subparsers(dest="hub_command", required=True)
+    hub_build = hub_commands.add_parser(
+        "build", help="build (or verify) the synthetic Hub under the course cache; print how to activate it"
+    )
+    hub_build.add_argument(
+        "--full-depth",
+        action="store_true",
+        help="the real number of layers (slow; to measure real-shape times)",
+    )
+    hub_build.add_argument(
+        "--narrow",
+        action="store_true",
+        help="narrower widths too (vocabulary, classes, tokens and templates kept): the CI hub run",
+    )
+    hub_build.set_defaults(run=_hub_build)
     sweep = commands.add_parser(
         "peft-sweep",
         help="train every PEFT method with one budget on the "
@@ -126,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sweep.add_argument("--steps", type=int, default=60, help="optimizer steps per method (default 60)")
     sweep.add_argument("--methods", nargs="*", default=None, help="only these methods (default: all)")
-    sweep.add_argument("--output", default="book/data/peft_sweep.json", help="where to write the JSON")
+    sweep.add_argument(
+        "--output", default="course_lib/results/peft_sweep.json", help="where to write the JSON"
+    )
     sweep.set_defaults(run=_peft_sweep)
     bench_parser = commands.add_parser(
         "bench",

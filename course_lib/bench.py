@@ -18,14 +18,11 @@ depend on the values); only the quantization suite needs the trained model.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
-import gc
 import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .memory import release_freed_memory
 from .profiles import CourseError
 
 SCHEMA_VERSION = 1
@@ -554,15 +552,6 @@ def _difference(after: dict, before: dict, key: str) -> int | None:
     return None if after[key] is None or before[key] is None else after[key] - before[key]
 
 
-def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``) so that
-    the resident set size counts live objects only."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def quantization_config(precision: str):
     """``from_pretrained`` arguments for a precision name (fp32, bf16, int8, nf4, torchao int8);
     the quantization configs are chapter 13's (:mod:`course_lib.quantization`)."""
@@ -768,8 +757,10 @@ def load(path: str | Path) -> dict:
 
 
 def stored_results(name: str) -> dict | None:
-    """A results file committed under the repository's ``book/data/`` (None outside a checkout)."""
-    path = Path(__file__).resolve().parents[1] / "book" / "data" / name
+    """A results file shipped in ``course_lib/results/`` (None when there is none of that name)."""
+    from . import results
+
+    path = results.FOLDER / name
     return load(path) if path.exists() else None
 
 

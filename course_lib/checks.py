@@ -60,8 +60,11 @@ def expect_error(*types: type[BaseException], show: bool = True) -> Iterator[Cau
     """Run a block that must fail with one of ``types``; print ``TypeName: message``.
 
     The page then shows the error without a traceback. When the block does *not*
-    fail (a library changed its behaviour), raises :class:`CourseError` so the page
-    that claims an error cannot build silently."""
+    fail (a library or the model changed), that is a false claim (:func:`claims.claim`): it
+    raises, so the page that shows an error cannot build silently, except in report mode
+    (Colab, or the hub profile's random weights in CI), where it is printed and marked."""
+    from .claims import claim
+
     types = types or (Exception,)
     caught = CaughtError()
     try:
@@ -71,9 +74,10 @@ def expect_error(*types: type[BaseException], show: bool = True) -> Iterator[Cau
         if show:
             print(caught.message)
         return
-    raise CourseError(
-        f"Expected {', '.join(t.__name__ for t in types)} but the block ran without error: "
-        "the installed library changed; update this example."
+    claim(
+        f"this raises {' or '.join(t.__name__ for t in types)}",
+        False,
+        "it ran without error: the installed library or the model changed; update this example",
     )
 
 

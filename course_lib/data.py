@@ -19,15 +19,17 @@ def data_files(spec: RoleSpec) -> dict[str, str]:
     return {split: str(folder / f"{split}.jsonl") for split in ("train", "validation", "test")}
 
 
-def load_role_dataset(role: str, split: str | None = None, **kwargs: Any):
+def load_role_dataset(role: str, split: str | None = None, profile: str | None = None, **kwargs: Any):
     """``datasets.load_dataset`` for a dataset role: a ``DatasetDict``, or one split.
 
     Offline the role is the course's JSONL files (train/validation/test);
     on the Hub profile it is the registry's repo id, with its own splits.
+    ``profile="offline"`` pins the course's own data under any profile (for a
+    section that needs its columns, e.g. the ``task`` of sft-data rows).
     """
     from datasets import load_dataset
 
-    spec = resolve(role)
+    spec = resolve(role, profile)
     if spec.kind != "dataset":
         raise CourseError(
             f"Role {role!r} is a {spec.kind}, not a dataset. Dataset roles: {', '.join(DATASET_ROLES)}."

@@ -228,7 +228,12 @@ def message_text(value: Any) -> str:
 
 
 def preference_text(row: dict[str, Any]) -> str:
-    """The prompt and the chosen answer of a preference row as one text (for mixing into a corpus)."""
+    """The prompt and the chosen answer of a preference row as one text (for mixing into a corpus).
+
+    A conversational row with an implicit prompt (no ``prompt`` column: the user turn opens
+    ``chosen``, as in ``trl-lib/ultrafeedback_binarized``) is its ``chosen`` conversation."""
+    if "prompt" not in row and isinstance(row.get("chosen"), list):
+        return message_text(row["chosen"])
     missing = [k for k in ("prompt", "chosen") if k not in row]
     if missing:
         raise CourseError(f"Preference rows need 'prompt' and 'chosen'; missing {missing}.")

@@ -5,8 +5,9 @@ The training script itself is written on chapter 14's page. :func:`run_launched`
 ``accelerate launch`` or ``torchrun`` in a subprocess with a timeout and reads the JSON the main
 process writes. :func:`zero_memory_per_gpu` is the memory model of the ZeRO paper
 (Rajbhandari et al., 2020). :func:`validate_deepspeed_config` checks a DeepSpeed config's
-structure with ``jsonschema`` (DeepSpeed itself, which needs GPUs, is not a course dependency)
-and that its values agree with the ``TrainingArguments`` that will read it.
+structure with ``jsonschema`` and that its values agree with the ``TrainingArguments`` that will
+read it. :func:`build_deepspeed_ops` compiles the op DeepSpeed needs on a CPU, and
+:func:`zero_bytes_callback` measures the bytes of model states each process holds in a real run.
 """
 
 from __future__ import annotations
@@ -84,15 +85,17 @@ def run_launched(
     processes: int = 2,
     launcher: str = "accelerate",
     timeout: float = 240,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Launch ``script`` in ``processes`` processes and return the JSON its main process writes
     to the path given as ``--out``, plus ``command`` (the command line, shortened) and
-    ``wall_seconds`` (including starting the processes)."""
+    ``wall_seconds`` (including starting the processes). ``env`` adds environment variables
+    (e.g. ``DS_ACCELERATOR=cpu`` for DeepSpeed on a CPU)."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
         command = launch_command(script, [*script_args, "--out", str(out)], processes, launcher)
         # One thread per process: the processes already share the cores between them.
-        env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"} | (env or {})
         start = time.perf_counter()
         try:
             finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -122,26 +125,40 @@ ZERO_STAGES = {
 }
 
 
+def zero_model_state_bytes(
+    parameters: float, processes: int, stage: int, weight_bytes: int = 2
+) -> dict[str, float]:
+    """Bytes of model states per process (GPU) under ZeRO ``stage``, as in the ZeRO paper:
+    ``weight_bytes`` per parameter for the weights and as many for the gradients (2 in
+    mixed-precision training, 4 in float32), and 12 for the optimizer states (an fp32 copy of the
+    weights, Adam's momentum and variance; DeepSpeed keeps its fp32 copy in float32 training too).
+    Stage 1 splits the optimizer states over the processes, stage 2 also the gradients, stage 3
+    also the weights. Unrounded, so it can be set beside bytes measured on a small model."""
+    if stage not in ZERO_STAGES:
+        raise ValueError(f"ZeRO stage must be one of {sorted(ZERO_STAGES)}, got {stage}.")
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}.")
+    return {
+        "parameters": weight_bytes * parameters / (processes if stage >= 3 else 1),
+        "gradients": weight_bytes * parameters / (processes if stage >= 2 else 1),
+        "optimizer": 12.0 * parameters / (processes if stage >= 1 else 1),
+    }
+
+
 def zero_memory_per_gpu(
     parameters: float, gpus: int, stage: int, offload_optimizer: bool = False, offload_param: bool = False
 ) -> dict[str, float]:
     """GB per GPU for model states in mixed-precision Adam training, as in the ZeRO paper: 2 bytes of
     fp16/bf16 parameters, 2 of gradients and 12 of optimizer states (fp32 copy, momentum, variance)
     per parameter; stage 1 splits the optimizer states over the GPUs, stage 2 also the gradients,
-    stage 3 also the parameters. Offloading moves the optimizer states (and with stage 3 the
-    parameters) to CPU memory. Activations and buffers come on top."""
-    if stage not in ZERO_STAGES:
-        raise ValueError(f"ZeRO stage must be one of {sorted(ZERO_STAGES)}, got {stage}.")
-    if gpus < 1:
-        raise ValueError(f"gpus must be >= 1, got {gpus}.")
+    stage 3 also the parameters (:func:`zero_model_state_bytes`). Offloading moves the optimizer
+    states (and with stage 3 the parameters) to CPU memory. Activations and buffers come on top."""
     if offload_param and stage != 3:
         raise ValueError("offload_param needs ZeRO stage 3 (only stage 3 partitions the parameters).")
     if offload_optimizer and stage == 0:
         raise ValueError("offload_optimizer needs ZeRO stage 1, 2 or 3.")
-    params, grads, optimizer = 2.0 * parameters, 2.0 * parameters, 12.0 * parameters
-    optimizer /= gpus if stage >= 1 else 1
-    grads /= gpus if stage >= 2 else 1
-    params /= gpus if stage >= 3 else 1
+    states = zero_model_state_bytes(parameters, gpus, stage)
+    params, grads, optimizer = states["parameters"], states["gradients"], states["optimizer"]
     cpu = 0.0
     if offload_optimizer:
         cpu, optimizer = cpu + optimizer, 0.0
@@ -185,7 +202,105 @@ def zero_table(parameters: float, gpus: int) -> list[dict[str, Any]]:
     return rows
 
 
-# --- DeepSpeed config: checked here, executed only where deepspeed and GPUs exist ---------------
+# --- DeepSpeed ZeRO, run: the op it compiles, and the bytes each rank holds --------------------
+
+
+def build_deepspeed_ops() -> float:
+    """Compile (once, cached under ``~/.cache/torch_extensions``) the shared-memory communication
+    op that DeepSpeed builds with the system C++ compiler and ninja the first time it runs on a
+    CPU (``DS_ACCELERATOR=cpu``); return the seconds it took (well under one when cached).
+    ``python -m course_lib assets build`` calls it, so a chapter never pays the build."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    start = time.perf_counter()
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)
+    return time.perf_counter() - start
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one buffer count once;
+    ``None`` and empty tensors count zero)."""
+    storages = {}
+    for tensor in tensors:
+        if tensor is not None and tensor.numel() > 0:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+# Where DeepSpeed's ZeRO optimizers keep this rank's gradient partitions and fp32 master weights.
+_GRADIENT_BUFFERS = ("grads_in_partition", "grad_partitions_flat_buffer")
+_MASTER_WEIGHTS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")
+
+
+def zero_rank_bytes(model, zero_optimizer) -> dict[str, int]:
+    """Bytes of model states this process holds under a DeepSpeed ZeRO optimizer, or under a
+    plain torch optimizer: ``parameters`` (the whole weights, or only this rank's partition
+    ``ds_tensor`` at stage 3), ``gradients`` (``.grad`` fields plus ZeRO's gradient partitions)
+    and ``optimizer`` (Adam's moments plus ZeRO's fp32 master copy of this rank's partition)."""
+    import torch
+
+    params = list(model.parameters())
+    weights = [getattr(p, "ds_tensor", p) for p in params]
+    masters = []
+    for name in _MASTER_WEIGHTS:
+        masters += list(getattr(zero_optimizer, name, None) or [])
+    grads = [p.grad for p in params] + [m.grad for m in masters]
+    grads += [getattr(zero_optimizer, name, None) for name in _GRADIENT_BUFFERS]
+    for partition in (getattr(zero_optimizer, "averaged_gradients", None) or {}).values():
+        grads += partition if isinstance(partition, list) else [partition]
+    inner = getattr(zero_optimizer, "optimizer", zero_optimizer)
+    moments = [
+        value
+        for state in inner.state.values()
+        for value in state.values()
+        if torch.is_tensor(value) and value.dim() > 0
+    ]
+    return {
+        "parameters": storage_bytes(weights),
+        "gradients": storage_bytes(grads),
+        "optimizer": storage_bytes(masters + moments),
+    }
+
+
+def zero_bytes_callback():
+    """A ``TrainerCallback`` that measures :func:`zero_rank_bytes` inside the run: its
+    ``measured`` dict holds the parameter and optimizer bytes just before the last optimizer step
+    and, for gradients, the most held at any moment of the backward passes or at the step (ZeRO-1
+    holds every gradient until the step, ZeRO-2 and 3 reduce them to their partitions as the
+    backward pass produces them)."""
+    from transformers import TrainerCallback
+
+    class ZeroBytes(TrainerCallback):
+        def __init__(self):
+            self.measured: dict[str, int] = {}
+
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            # Trainer hands callbacks accelerate's wrapper; DeepSpeed's ZeRO optimizer is inside.
+            zero = getattr(optimizer, "optimizer", optimizer)
+            params, step = list(model.parameters()), zero.step
+            peak = {"gradients": 0}
+
+            def after_gradient(_):
+                held = zero_rank_bytes(model, zero)["gradients"]
+                peak["gradients"] = max(peak["gradients"], held)
+
+            def measured_step(*args, **kwargs):
+                self.measured = zero_rank_bytes(model, zero)
+                self.measured["gradients"] = max(self.measured["gradients"], peak["gradients"])
+                peak["gradients"] = 0
+                return step(*args, **kwargs)
+
+            for param in params:
+                if param.requires_grad:
+                    param.register_post_accumulate_grad_hook(after_gradient)
+            zero.step = measured_step
+
+    return ZeroBytes()
+
+
+# --- DeepSpeed config: checked before a launch -------------------------------------------------
 
 _COUNT = {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]}
 _SWITCH = {"type": "object", "properties": {"enabled": {"enum": [True, False, "auto"]}}}

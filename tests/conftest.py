@@ -14,6 +14,8 @@ os.environ.pop("COURSE_PROFILE", None)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMINGS = REPO / "_build" / "ci" / "notebook_timings.json"
+WHEEL_INSTALL = REPO / "_build" / "ci" / "wheel_install.json"  # tests/test_book.py
+HUB_TIMINGS = REPO / "_build" / "ci" / "hub_notebook_timings.json"  # tests/test_hub_profile.py
 
 
 def pytest_configure(config):
@@ -21,6 +23,8 @@ def pytest_configure(config):
 
     strict_warnings()
     TIMINGS.unlink(missing_ok=True)  # only this run's notebook timings are reported
+    HUB_TIMINGS.unlink(missing_ok=True)
+    WHEEL_INSTALL.unlink(missing_ok=True)
 
 
 def tiny_llama_config(**overrides):
@@ -65,7 +69,8 @@ _STAGE_SECONDS: dict[str, float] = {}
 def pytest_runtest_logreport(report):
     """Sum setup+call+teardown time per stage: unit tests, and each book test."""
     path, _, name = report.nodeid.partition("::")
-    stage = f"book: {name}" if path.endswith("test_book.py") else "unit and repository tests"
+    book = path.endswith(("test_book.py", "test_hub_profile.py"))
+    stage = f"book: {name}" if book else "unit and repository tests"
     _STAGE_SECONDS[stage] = _STAGE_SECONDS.get(stage, 0.0) + report.duration
 
 
@@ -73,11 +78,19 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("time per stage")
     for stage, seconds in _STAGE_SECONDS.items():
         terminalreporter.write_line(f"{seconds:7.1f} s  {stage}")
-    if not TIMINGS.exists():
-        return
-    rows = json.loads(TIMINGS.read_text())
-    terminalreporter.section("notebook execution times (budget 120 s each, offline, this machine)")
-    for row in rows:
-        flag = "" if row["seconds"] <= row["budget"] else "  OVER BUDGET"
-        terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['status']:7} {row['notebook']}{flag}")
-    terminalreporter.write_line(f"{sum(r['seconds'] for r in rows):7.1f} s  total")
+    if TIMINGS.exists():
+        rows = json.loads(TIMINGS.read_text())
+        terminalreporter.section("notebook execution times (budget 120 s each, offline, this machine)")
+        for row in rows:
+            flag = "" if row["seconds"] <= row["budget"] else "  OVER BUDGET"
+            terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['status']:7} {row['notebook']}{flag}")
+        terminalreporter.write_line(f"{sum(r['seconds'] for r in rows):7.1f} s  total")
+    if WHEEL_INSTALL.exists():
+        seconds = json.loads(WHEEL_INSTALL.read_text())["seconds"]
+        terminalreporter.write_line(f"{seconds:7.1f} s  (before them) wheel built, installed in a fresh venv")
+    if HUB_TIMINGS.exists():
+        rows = json.loads(HUB_TIMINGS.read_text())
+        terminalreporter.section("hub profile: execution times (synthetic Hub, offline, this machine)")
+        for row in rows:
+            terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['status']:7} {row['notebook']}")
+        terminalreporter.write_line(f"{sum(r['seconds'] for r in rows):7.1f} s  total")

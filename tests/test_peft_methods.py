@@ -1,5 +1,6 @@
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,36 +224,16 @@ def test_sweep_file_round_trip(tmp_path, monkeypatch):
         pm.load_sweep(tmp_path / "bad.json")
 
 
-def test_missing_sweep_says_how_to_make_it(tmp_path, monkeypatch, tmp_cache):
-    monkeypatch.chdir(tmp_path)
+def test_missing_sweep_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.delenv(pm.SWEEP_ENV, raising=False)
-    monkeypatch.setattr(pm, "__file__", str(tmp_path / "x" / "peft_methods.py"))
-    with pytest.raises(CourseError, match="peft-sweep"):  # offline (conftest): no download attempted
+    monkeypatch.setattr(pm, "SWEEP_FILE", tmp_path / "absent.json")
+    with pytest.raises(CourseError, match="peft-sweep"):
         pm.find_sweep_file()
 
 
-def test_sweep_is_downloaded_when_course_lib_is_installed_without_the_book(tmp_path, monkeypatch, tmp_cache):
-    import io
-    import urllib.request
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(pm.SWEEP_ENV, raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(pm, "__file__", str(tmp_path / "x" / "peft_methods.py"))
-    requested = []
-
-    def fake_urlopen(url, timeout):
-        requested.append(url)
-        return io.BytesIO(json.dumps({"machine": {}, "rows": [], "steps": 1, "baseline": {}}).encode())
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    found = pm.find_sweep_file()
-    assert requested == [pm.SWEEP_URL] and found.is_relative_to(tmp_cache)
-    assert pm.find_sweep_file() == found and len(requested) == 1  # cached: not downloaded again
-    found.unlink()
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"<html>"))
-    with pytest.raises(CourseError, match="downloading"):
-        pm.find_sweep_file()
+def test_sweep_ships_inside_the_package():
+    """A pip install (Colab) has no repository around it: the results must be package data."""
+    assert pm.SWEEP_FILE.is_relative_to(Path(pm.__file__).parent) and pm.SWEEP_FILE.is_file()
 
 
 def test_committed_sweep_covers_the_notebook_methods():

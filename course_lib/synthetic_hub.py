@@ -1,0 +1,572 @@
+"""A synthetic Hugging Face Hub on disk, so CI can run every chapter under the hub profile offline.
+
+``python -m course_lib hub build`` writes, into a folder of its own under the course cache
+(never the user's Hugging Face cache):
+
+* ``hub/``: one repo per hub model role, by its real id, in the Hugging Face cache layout
+  (``models--org--name/snapshots/<sha>/`` and ``refs/main``): the real architecture class and
+  config widths, the real vocabulary size, special tokens and chat template, random weights in
+  safetensors. Depth (``num_hidden_layers``) is shrunk where the real one would make a chapter
+  too slow on 2 CPU cores: :data:`MODELS` lists every shape.
+* ``datasets/``: one prepared dataset per hub dataset role in the layout of datasets' own cache
+  (``org___name/<config>/0.0.0/<hash>/``), with the real column names, types, splits and
+  configuration, a few hundred rows of the course corpus. With ``HF_HUB_OFFLINE=1`` the real
+  ``load_dataset("tatsu-lab/alpaca")`` call finds it through datasets' "use the cached version"
+  fallback: the page's code is the code a learner runs against the real Hub.
+
+:func:`environment` gives the variables that activate it (``HF_HUB_CACHE``, ``HF_DATASETS_CACHE``,
+``COURSE_SYNTHETIC_HUB``, ``HF_HUB_OFFLINE=1``, ``COURSE_PROFILE=hub``); set them before Python
+starts (the libraries read them at import). The tokenizers are not the real ones: a byte-level BPE
+(WordPiece for the BERT family) trained on the course corpus, padded with unreachable filler
+tokens to the real vocabulary size, with the real special tokens at their real ids. The uncased
+BERT vocabulary is the real one (shipped with the offline encoder). Random weights generate noise:
+the hub run checks that every cell runs, not what the models say.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .assets.cache import cache_root, ensure, read_manifest
+from .profiles import SYNTHETIC_HUB_ENV
+
+RECIPE_VERSION = 1
+SNAPSHOT = "5ca1ab1e" * 5  # the commit hash every synthetic repo's refs/main points to
+DATASET_HASH = "5ca1ab1e5ca1ab1e"
+BPE_TRAINED_VOCAB = 8000  # merges learnt on the corpus; the rest of the vocabulary is filler
+FILLER = "<|synthetic_{}|>"
+
+SMOL_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<repo_name>",
+    "<reponame>",
+    "<file_sep>",
+    "<filename>",
+    "<gh_stars>",
+    "<issue_start>",
+    "<issue_comment>",
+    "<issue_closed>",
+    "<jupyter_start>",
+    "<jupyter_text>",
+    "<jupyter_code>",
+    "<jupyter_output>",
+    "<jupyter_script>",
+    "<empty_output>",
+]
+SMOL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+QWEN_SPECIALS = [  # (token, special): ids 151643.. in this order
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+]
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+QWEN_CHAT_TEMPLATE = (
+    "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}"
+    "\n        {{- messages[0]['content'] }}\n    {%- else %}\n        {{- '" + QWEN_SYSTEM + "' }}\n"
+    '    {%- endif %}\n    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with '
+    "the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:"
+    '\\n<tools>" }}\n    {%- for tool in tools %}\n        {{- "\\n" }}\n        {{- tool | tojson }}\n'
+    '    {%- endfor %}\n    {{- "\\n</tools>\\n\\nFor each function call, return a json object with '
+    'function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\":'
+    ' <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
+    "{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- '<|im_start|>system\\n' + "
+    "messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n        {{- '<|im_start|>system\\n"
+    + QWEN_SYSTEM
+    + "<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n{%- for message in messages %}\n"
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or '
+    '(message.role == "assistant" and not message.tool_calls) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n"
+    "        {%- if message.content %}\n            {{- '\\n' + message.content }}\n        {%- endif %}\n"
+    "        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}"
+    "\n                {%- set tool_call = tool_call.function %}\n            {%- endif %}\n"
+    '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n            {{- tool_call.name }}\n'
+    '            {{- \'", "arguments": \' }}\n            {{- tool_call.arguments | tojson }}\n'
+    "            {{- '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n'
+    "            {{- '<|im_start|>user' }}\n        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n        {{- '\\n</tool_response>' }}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
+    "            {{- '<|im_end|>\\n' }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
+)
+
+# Every synthetic model: its real class and widths; "layers" is what we build, "real_layers" the Hub's.
+MODELS: dict[str, dict] = {
+    "HuggingFaceTB/SmolLM2-135M": {
+        "class": "LlamaForCausalLM",
+        "tokenizer": "smollm2",
+        "config": dict(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        "layers": 2,
+        "real_layers": 30,
+        "narrow": dict(hidden_size=192, intermediate_size=256, num_attention_heads=3),
+        "dtype": "bfloat16",
+    },
+    "Qwen/Qwen2.5-0.5B-Instruct": {
+        "class": "Qwen2ForCausalLM",
+        "tokenizer": "qwen2.5",
+        "config": dict(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            bos_token_id=151643,
+            eos_token_id=151645,
+        ),
+        "layers": 1,
+        "real_layers": 24,
+        "narrow": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4),
+        "dtype": "bfloat16",
+    },
+    "sentence-transformers/all-MiniLM-L6-v2": {
+        "class": "BertModel",
+        "tokenizer": "bert-uncased",
+        "config": dict(
+            vocab_size=30522,
+            hidden_size=384,
+            intermediate_size=1536,
+            num_attention_heads=12,
+            max_position_embeddings=512,
+            type_vocab_size=2,
+        ),
+        "layers": 6,
+        "real_layers": 6,
+        "narrow": dict(hidden_size=192, intermediate_size=384),
+        "dtype": "float32",
+    },
+    "distilbert/distilbert-base-uncased": {
+        "class": "DistilBertForMaskedLM",
+        "tokenizer": "bert-uncased",
+        "config": dict(vocab_size=30522, dim=768, hidden_dim=3072, n_heads=12, max_position_embeddings=512),
+        "layers": 2,
+        "real_layers": 6,
+        "narrow": dict(dim=192, hidden_dim=384),
+        "dtype": "float32",
+    },
+    "distilbert/distilbert-base-cased-distilled-squad": {
+        "class": "DistilBertForQuestionAnswering",
+        "tokenizer": "bert-cased",
+        "config": dict(vocab_size=28996, dim=768, hidden_dim=3072, n_heads=12, max_position_embeddings=512),
+        "layers": 2,
+        "real_layers": 6,
+        "narrow": dict(dim=192, hidden_dim=384),
+        "dtype": "float32",
+    },
+}
+_LAYER_KEY = {"DistilBertForMaskedLM": "n_layers", "DistilBertForQuestionAnswering": "n_layers"}
+
+# Every synthetic dataset: its configuration and row count per split (enough for the chapters'
+# 2,000-row streams; the real ones are larger).
+DATASETS: dict[str, dict] = {
+    "Salesforce/wikitext": {
+        "config": "wikitext-2-raw-v1",
+        "splits": {"train": 2000, "validation": 300, "test": 300},
+    },
+    "tatsu-lab/alpaca": {"config": "default", "splits": {"train": 2000}},
+    "trl-lib/ultrafeedback_binarized": {"config": "default", "splits": {"train": 1500, "test": 200}},
+    "stanfordnlp/imdb": {"config": "plain_text", "splits": {"train": 1000, "test": 500, "unsupervised": 500}},
+}
+
+
+def recipe(full_depth: bool = False, narrow: bool = False) -> dict:
+    """What the build depends on: shapes, datasets and the corpus it reads."""
+    corpus_manifest = read_manifest(_corpus_asset_folder()) or {}
+    return {
+        "version": RECIPE_VERSION,
+        "full_depth": full_depth,
+        "narrow": narrow,
+        "models": MODELS,
+        "datasets": DATASETS,
+        "corpus": corpus_manifest.get("content_hash"),
+    }
+
+
+def _corpus_asset_folder() -> Path:
+    from . import assets
+
+    return assets.corpus()
+
+
+def asset_name(full_depth: bool = False, narrow: bool = False) -> str:
+    return "synthetic-hub" + ("-full" if full_depth else "") + ("-narrow" if narrow else "")
+
+
+def build(full_depth: bool = False, narrow: bool = False, log=print) -> Path:
+    """The folder of a valid synthetic hub (``hub/`` and ``datasets/``), building it when needed.
+
+    ``full_depth=True`` builds the real number of layers (to measure real-shape times).
+    ``narrow=True`` also shrinks the widths (:data:`MODELS` ``"narrow"``; class, vocabulary, heads,
+    special tokens and template kept): the CI run, where the real widths' vocabulary projections
+    make the training chapters too slow for 2 cores."""
+    return ensure(
+        asset_name(full_depth, narrow),
+        recipe(full_depth, narrow),
+        lambda out: _build(out, full_depth, narrow),
+        log=log,
+    )
+
+
+def folder(full_depth: bool = False, narrow: bool = False) -> Path:
+    """Where :func:`build` puts it (without building)."""
+    return cache_root() / asset_name(full_depth, narrow)
+
+
+def environment(hub_folder: Path) -> dict[str, str]:
+    """The variables that make the real loading code read the synthetic hub, offline, hub profile."""
+    return {
+        SYNTHETIC_HUB_ENV: str(hub_folder),
+        "HF_HUB_CACHE": str(hub_folder / "hub"),
+        "HF_DATASETS_CACHE": str(hub_folder / "datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "COURSE_PROFILE": "hub",
+    }
+
+
+def shapes_table(full_depth: bool = False, narrow: bool = False) -> list[dict]:
+    """One row per synthetic model: class, vocabulary, width and layers built vs real (for the note)."""
+    rows = []
+    for repo, spec in MODELS.items():
+        config = spec["config"] | (spec["narrow"] if narrow else {})
+        rows.append(
+            {
+                "repo": repo,
+                "class": spec["class"],
+                "vocab": config["vocab_size"],
+                "hidden": config.get("hidden_size", config.get("dim")),
+                "layers": f"{spec['real_layers'] if full_depth else spec['layers']} of {spec['real_layers']}",
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- build
+
+
+def _build(out: Path, full_depth: bool, narrow: bool) -> dict:
+    import datasets
+    import torch
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+    corpus_folder = _corpus_asset_folder()
+    texts = [json.loads(line)["text"] for line in open(corpus_folder / "train.jsonl", encoding="utf-8")]
+    tokenizers = {}
+    for repo, spec in MODELS.items():
+        torch.manual_seed(0)
+        snapshot = _repo_folder(out / "hub", "models", repo)
+        kind = spec["tokenizer"]
+        if kind not in tokenizers:
+            tokenizers[kind] = _make_tokenizer(kind, texts)
+        tokenizers[kind].save_pretrained(snapshot)
+        _write_model(spec, snapshot, full_depth, narrow)
+    _write_datasets(out / "datasets", corpus_folder)
+    return {"models": sorted(MODELS), "datasets": sorted(DATASETS)}
+
+
+def _repo_folder(hub: Path, kind: str, repo: str) -> Path:
+    base = hub / f"{kind}--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    (base / "refs" / "main").write_text(SNAPSHOT)
+    snapshot = base / "snapshots" / SNAPSHOT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+def _write_model(spec: dict, snapshot: Path, full_depth: bool, narrow: bool) -> None:
+    import torch
+    import transformers
+
+    model_class = getattr(transformers, spec["class"])
+    layers = spec["real_layers"] if full_depth else spec["layers"]
+    settings = spec["config"] | (spec["narrow"] if narrow else {})
+    settings[_LAYER_KEY.get(spec["class"], "num_hidden_layers")] = layers
+    config = model_class.config_class(**settings)
+    model = model_class(config).to(getattr(torch, spec["dtype"]))
+    model.save_pretrained(snapshot)
+    if spec["class"] == "Qwen2ForCausalLM":  # the Instruct repo samples by default
+        generation = dict(
+            bos_token_id=151643,
+            pad_token_id=151643,
+            eos_token_id=[151645, 151643],
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.8,
+            top_k=20,
+            repetition_penalty=1.05,
+        )
+        (snapshot / "generation_config.json").write_text(json.dumps(generation, indent=2))
+
+
+def _train_bpe(texts: list[str], specials: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_TRAINED_VOCAB,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    # Pad the model's vocabulary with filler tokens no merge produces, up to the real size.
+    state = json.loads(tok.to_str())
+    vocab = state["model"]["vocab"]
+    for index in range(len(vocab), vocab_size):
+        vocab[FILLER.format(index)] = index
+    return Tokenizer.from_str(json.dumps(state))
+
+
+def _make_tokenizer(kind: str, texts: list[str]):
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "smollm2":
+        tok = _train_bpe(texts, SMOL_SPECIALS, 49152)
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>",
+            additional_special_tokens=SMOL_SPECIALS[1:],
+            model_max_length=8192,
+        )
+        fast.chat_template = SMOL_CHAT_TEMPLATE
+        return fast
+    if kind == "qwen2.5":
+        tok = _train_bpe(texts, [], 151643)
+        tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_SPECIALS])
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            additional_special_tokens=[t for t, s in QWEN_SPECIALS if s][1:],
+            model_max_length=131072,
+            errors="replace",
+        )
+        fast.chat_template = QWEN_CHAT_TEMPLATE
+        return fast
+    from transformers import BertTokenizer
+
+    if kind == "bert-uncased":  # the real bert-base-uncased vocabulary, shipped with the offline encoder
+        from . import assets
+
+        words = (assets.encoder() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    else:
+        words = _cased_wordpiece_vocab(texts, 28996)
+    vocab = {word: index for index, word in enumerate(words)}
+    return BertTokenizer(vocab=vocab, do_lower_case=kind == "bert-uncased", model_max_length=512)
+
+
+def _cased_wordpiece_vocab(texts: list[str], size: int) -> list[str]:
+    """A BERT-cased-style vocabulary: [PAD], [unused1-99], [UNK] [CLS] [SEP] [MASK] at 100-103,
+    WordPieces learnt on the corpus, then unused fillers up to ``size``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=BPE_TRAINED_VOCAB, show_progress=False)
+    )
+    learnt = [
+        t for t, _ in sorted(tok.get_vocab().items(), key=lambda item: item[1]) if not t.startswith("[")
+    ]
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += learnt[: size - len(vocab)]
+    vocab += [f"[unused{i}]" for i in range(100, 100 + size - len(vocab))]
+    return vocab
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _paragraph_lines(documents: list[dict], count: int) -> list[str]:
+    """Wikitext-style rows: a heading line, paragraphs, and the empty lines between them."""
+    rows: list[str] = []
+    for document in documents:
+        heading = document["id"].split(":")[-1]
+        rows += ["", f" = {heading} = \n", ""]
+        rows += [p.strip() + "\n" for p in document["text"].split("\n\n") if p.strip()][:6]
+        if len(rows) >= count:
+            break
+    return rows[:count]
+
+
+def _alpaca_text(row: dict) -> str:
+    if row["input"]:
+        return (
+            "Below is an instruction that describes a task, paired with an input that provides further "
+            "context. Write a response that appropriately completes the request.\n\n"
+            f"### Instruction:\n{row['instruction']}\n\n### Input:\n{row['input']}\n\n"
+            f"### Response:\n{row['output']}"
+        )
+    return (
+        "Below is an instruction that describes a task. Write a response that appropriately completes "
+        f"the request.\n\n### Instruction:\n{row['instruction']}\n\n### Response:\n{row['output']}"
+    )
+
+
+def _dataset_rows(repo: str, split: str, count: int, corpus_folder: Path, tasks_folder: Path) -> list[dict]:
+    source_split = {"unsupervised": "validation"}.get(split, split)
+    if repo == "Salesforce/wikitext":
+        return [
+            {"text": t} for t in _paragraph_lines(_read_jsonl(corpus_folder / f"{source_split}.jsonl"), count)
+        ]
+    if repo == "tatsu-lab/alpaca":
+        rows = _read_jsonl(tasks_folder / "sft" / "train.jsonl")[:count]
+        return [
+            {
+                "instruction": r["instruction"],
+                "input": r["input"],
+                "output": r["output"],
+                "text": _alpaca_text(r),
+            }
+            for r in rows
+        ]
+    if repo == "trl-lib/ultrafeedback_binarized":  # conversational, implicit prompt
+        rows = _read_jsonl(tasks_folder / "preference" / f"{source_split}.jsonl")[:count]
+        return [
+            {
+                "chosen": [
+                    {"content": r["prompt"], "role": "user"},
+                    {"content": r["chosen"], "role": "assistant"},
+                ],
+                "rejected": [
+                    {"content": r["prompt"], "role": "user"},
+                    {"content": r["rejected"], "role": "assistant"},
+                ],
+                "score_chosen": float(7 + i % 4),
+                "score_rejected": float(1 + i % 5),
+            }
+            for i, r in enumerate(rows)
+        ]
+    if repo == "stanfordnlp/imdb":
+        rows = []
+        for split_name in ("train", "validation", "test"):
+            rows += _read_jsonl(tasks_folder / "classification" / f"{split_name}.jsonl")
+        offset = {"train": 0, "test": 1000, "unsupervised": 1500}[split]
+        picked = (rows * 4)[offset : offset + count]
+        return [
+            {"text": r["text"], "label": -1 if split == "unsupervised" else r["label"] % 2} for r in picked
+        ]
+    raise KeyError(repo)
+
+
+def _features(repo: str):
+    from datasets import ClassLabel, Features, List, Value
+
+    message = {"content": Value("string"), "role": Value("string")}
+    return {
+        "Salesforce/wikitext": Features({"text": Value("string")}),
+        "tatsu-lab/alpaca": Features(
+            {k: Value("string") for k in ("instruction", "input", "output", "text")}
+        ),
+        "trl-lib/ultrafeedback_binarized": Features(
+            {
+                "chosen": List(message),
+                "rejected": List(message),
+                "score_chosen": Value("float64"),
+                "score_rejected": Value("float64"),
+            }
+        ),
+        "stanfordnlp/imdb": Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])}),
+    }[repo]
+
+
+def _write_datasets(out: Path, corpus_folder: Path) -> None:
+    """Prepare each dataset with datasets' own builder, then place it where the offline fallback looks."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.packaged_modules.arrow.arrow import Arrow
+
+    from . import assets
+
+    tasks_folder = assets.tasks()
+    for repo, spec in DATASETS.items():
+        features = _features(repo)
+        name = repo.split("/")[-1]
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {}
+            for split, count in spec["splits"].items():
+                rows = _dataset_rows(repo, split, count, corpus_folder, tasks_folder)
+                table = Dataset.from_list(rows, features=features).data.table
+                files[split] = os.path.join(tmp, f"{split}.arrow")
+                with pa.OSFile(files[split], "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+                    writer.write_table(table)
+            builder = Arrow(
+                cache_dir=os.path.join(tmp, "stage"),
+                dataset_name=name,
+                config_name=spec["config"],
+                data_files=files,
+                hash=DATASET_HASH,
+                features=features,
+            )
+            builder.download_and_prepare()
+            namespace = repo.split("/")[0]
+            target = out / f"{namespace}___{name}" / spec["config"] / "0.0.0" / DATASET_HASH
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(builder.cache_dir, target)
+            for lock in target.parent.glob("*.lock"):
+                lock.unlink()
+        info_path = target / "dataset_info.json"
+        info = json.loads(info_path.read_text())
+        info.update(config_name=spec["config"], dataset_name=name, builder_name="parquet")
+        info_path.write_text(json.dumps(info, indent=2))

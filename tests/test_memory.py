@@ -1,0 +1,154 @@
+"""course_lib.memory: peak memory and optimizer-state bytes measured on the CPU, ordered as the
+arithmetic says; infer_auto_device_map keeps every device within its max_memory (chapter 15)."""
+
+import time
+
+import pytest
+import torch
+
+from course_lib import memory
+from course_lib.exercises import ch15
+
+MB = memory.MB
+
+
+def test_peak_memory_sees_a_known_allocation():
+    with memory.peak_memory() as peak:
+        block = torch.ones(64 * MB // 4)  # 64 MB, every page written
+        del block
+    assert peak.method
+    assert abs(peak.megabytes - 64) < 0.1 * 64, peak.megabytes
+
+
+def test_retained_memory_is_what_the_block_keeps():
+    with memory.peak_memory() as peak:
+        kept = torch.ones(32 * MB // 4)
+        block = torch.ones(64 * MB // 4)
+        del block
+    assert abs(peak.megabytes - 96) < 0.1 * 96, peak.megabytes
+    assert abs(peak.retained_megabytes - 32) < 0.1 * 32, peak.retained_megabytes
+    del kept
+
+
+def test_untouched_memory_is_not_resident():
+    with memory.peak_memory() as peak:
+        block = torch.empty(64 * MB // 4)  # promised, never written
+        del block
+    assert peak.megabytes < 8, peak.megabytes
+
+
+def test_sampling_fallback_sees_a_held_allocation(monkeypatch):
+    monkeypatch.setattr(memory, "_reset_peak", lambda: False)
+    with memory.peak_memory() as peak:
+        block = torch.ones(64 * MB // 4)
+        time.sleep(0.05)  # held long enough for the 1 ms sampler
+        del block
+    assert peak.method.startswith("sampled")
+    assert abs(peak.megabytes - 64) < 0.15 * 64, peak.megabytes
+
+
+def test_seconds_per_call_and_measure_step():
+    calls = []
+    assert memory.seconds_per_call(lambda: calls.append(1), repeats=3, warmup=2) >= 0
+    assert len(calls) == 5
+    with pytest.raises(ValueError):
+        memory.seconds_per_call(lambda: None, repeats=0)
+    row = memory.measure_step(lambda: torch.ones(MB), repeats=1)
+    assert set(row) == {"peak_MB", "s_per_step"}
+
+
+def _state_bytes_per_parameter(model, optimizer) -> float:
+    model(torch.randn(8, model.in_features)).sum().backward()
+    optimizer.step()
+    return memory.optimizer_state_bytes(optimizer) / sum(p.numel() for p in model.parameters())
+
+
+def test_adamw_state_is_8_bytes_and_adamw8bit_about_2_per_parameter():
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(256, 256, bias=False)
+    fp32 = _state_bytes_per_parameter(model, torch.optim.AdamW(model.parameters()))
+    assert 8 <= fp32 < 8.01  # two float32 moments (+ a scalar step count)
+    model = torch.nn.Linear(256, 256, bias=False)
+    eight_bit = _state_bytes_per_parameter(model, bnb.optim.AdamW8bit(model.parameters()))
+    assert 2 <= eight_bit < 2.1  # two uint8 moments + one float32 scale per 256-value block
+
+
+def _tiny_llama(layers=4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).train()
+
+
+def _step_peak(model, ids) -> float:
+    model(input_ids=ids, labels=ids).loss.backward()  # warm-up: kernels, gradient buffers
+    model.zero_grad(set_to_none=True)
+    with memory.peak_memory() as peak:
+        model(input_ids=ids, labels=ids).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return peak.megabytes
+
+
+def test_checkpointing_and_accumulation_lower_the_activation_peak():
+    ids = torch.randint(0, 64, (4, 256), generator=torch.Generator().manual_seed(0))
+    model = _tiny_llama(layers=3)
+    full = _step_peak(model, ids)
+    half = _step_peak(model, ids[:2])  # one of two accumulated micro-batches
+    model.activation_checkpointing_enable()
+    checkpointed = _step_peak(model, ids)
+    assert checkpointed < 0.75 * full, (full, checkpointed)
+    assert half < 0.7 * full, (full, half)
+
+
+def test_infer_auto_device_map_stays_within_each_max_memory():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    budgets = {0: 400_000, 1: 400_000, "cpu": 400_000}
+    device_map, used = ch15.device_plan(config, budgets, dtype=torch.float32)
+    assert budgets == {0: 400_000, 1: 400_000, "cpu": 400_000}  # not rewritten
+    for device, size in used.items():
+        if device != "disk":
+            assert size <= budgets[device], (device, size)
+    assert {0, 1, "cpu", "disk"} <= set(used)  # small budgets spill all the way to disk
+    for module in device_map:  # decoder layers are never split
+        if module.startswith("model.layers."):
+            assert module.count(".") == 2
+
+
+def test_exercise_checks():
+    assert ch15.check_optimizer_state(56, 14).passed
+    assert not ch15.check_optimizer_state(28, 14).passed
+    assert ch15.check_two_gpu_plan({0: "8GiB", 1: "8GiB", "cpu": 0}).passed
+    assert not ch15.check_two_gpu_plan({0: "16GiB", 1: "16GiB"}).passed
+
+    def right(model, batch, micro_batches):
+        for chunk in batch.chunk(micro_batches):
+            (model(input_ids=chunk, labels=chunk).loss / micro_batches).backward()
+
+    def unscaled(model, batch, micro_batches):
+        for chunk in batch.chunk(micro_batches):
+            model(input_ids=chunk, labels=chunk).loss.backward()
+
+    assert ch15.check_accumulation(right).passed
+    feedback = ch15.check_accumulation(unscaled)
+    assert not feedback.passed and "divide" in feedback.message

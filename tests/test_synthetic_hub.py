@@ -1,0 +1,184 @@
+"""The synthetic Hub: every hub role loads by its real id, offline, with the real class, sizes,
+special tokens, chat template, columns and splits; and resolve() still refuses the hub profile
+offline without it."""
+
+from __future__ import annotations
+
+import pytest
+
+from course_lib import synthetic_hub
+from course_lib.profiles import CourseError, resolve
+
+REAL = {  # repo -> (class, vocab size, hidden size, tokenizer length)
+    "HuggingFaceTB/SmolLM2-135M": ("LlamaForCausalLM", 49152, 576, 49152),
+    "Qwen/Qwen2.5-0.5B-Instruct": ("Qwen2ForCausalLM", 151936, 896, 151665),
+    "sentence-transformers/all-MiniLM-L6-v2": ("BertModel", 30522, 384, 30522),
+    "distilbert/distilbert-base-uncased": ("DistilBertForMaskedLM", 30522, 768, 30522),
+    "distilbert/distilbert-base-cased-distilled-squad": ("DistilBertForQuestionAnswering", 28996, 768, 28996),
+}
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """The narrow build CI executes the chapters with (tests/test_hub_profile.py): real classes,
+    vocabularies, special tokens and templates; narrower widths (checked against MODELS)."""
+    return synthetic_hub.build(narrow=True, log=lambda _: None)
+
+
+def _built_width(repo: str) -> int:
+    narrow = synthetic_hub.MODELS[repo]["narrow"]
+    return narrow.get("hidden_size", narrow.get("dim"))
+
+
+def test_the_default_build_keeps_the_real_widths():
+    rows = {row["repo"]: row for row in synthetic_hub.shapes_table()}
+    assert {repo: row["hidden"] for repo, row in rows.items()} == {r: v[2] for r, v in REAL.items()}
+    assert {repo: row["vocab"] for repo, row in rows.items()} == {r: v[1] for r, v in REAL.items()}
+
+
+def test_every_hub_model_role_has_a_synthetic_repo():
+    from course_lib.profiles import _REGISTRY
+
+    hub_models = {entry[2] for entry in _REGISTRY.values() if entry[0] == "model"}
+    hub_datasets = {entry[2] for entry in _REGISTRY.values() if entry[0] == "dataset"}
+    assert hub_models == set(synthetic_hub.MODELS) == set(REAL)
+    assert hub_datasets == set(synthetic_hub.DATASETS)
+
+
+@pytest.mark.parametrize("repo", sorted(REAL))
+def test_model_loads_by_its_real_id_with_the_real_shapes(hub, repo):
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    cache = str(hub / "hub")
+    class_name, vocab, _, tokenizer_length = REAL[repo]
+    hidden = _built_width(repo)
+    config = AutoConfig.from_pretrained(repo, cache_dir=cache)
+    assert config.architectures == [class_name]
+    assert config.vocab_size == vocab
+    assert getattr(config, "hidden_size", getattr(config, "dim", None)) == hidden
+    model = getattr(transformers, class_name).from_pretrained(repo, cache_dir=cache)
+    assert type(model).__name__ == class_name
+    assert model.get_input_embeddings().weight.shape == (vocab, hidden)
+    tokenizer = AutoTokenizer.from_pretrained(repo, cache_dir=cache)
+    assert len(tokenizer) == tokenizer_length
+
+
+def test_smollm2_tokenizer_has_no_pad_token_and_a_chatml_template(hub):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M", cache_dir=str(hub / "hub"))
+    assert tokenizer.pad_token is None
+    assert tokenizer.eos_token == tokenizer.bos_token == "<|endoftext|>"
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+
+
+def test_qwen_tokenizer_has_its_special_tokens_and_chat_template(hub):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", cache_dir=str(hub / "hub"))
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [
+        151643,
+        151644,
+        151645,
+    ]
+    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == (
+        "<|im_end|>",
+        "<|endoftext|>",
+        None,
+    )
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+        "<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tokenizer("<|im_end|>")["input_ids"] == [151645]
+
+
+def test_bert_tokenizer_is_the_real_uncased_vocabulary(hub):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        "sentence-transformers/all-MiniLM-L6-v2", cache_dir=str(hub / "hub")
+    )
+    assert tokenizer("Hello world")["input_ids"] == [101, 7592, 2088, 102]
+
+
+EXPECTED_DATASETS = {  # repo, config -> {split: columns}
+    ("Salesforce/wikitext", "wikitext-2-raw-v1"): {s: ["text"] for s in ("train", "validation", "test")},
+    ("tatsu-lab/alpaca", None): {"train": ["instruction", "input", "output", "text"]},
+    ("trl-lib/ultrafeedback_binarized", None): {
+        s: ["chosen", "rejected", "score_chosen", "score_rejected"] for s in ("train", "test")
+    },
+    ("stanfordnlp/imdb", None): {s: ["text", "label"] for s in ("train", "test", "unsupervised")},
+}
+
+
+@pytest.mark.parametrize(("repo", "config"), sorted(EXPECTED_DATASETS, key=str))
+def test_dataset_loads_by_its_real_id_with_the_real_columns_and_splits(hub, repo, config):
+    from datasets import load_dataset
+
+    dataset = load_dataset(repo, config, cache_dir=str(hub / "datasets"))
+    assert {split: d.column_names for split, d in dataset.items()} == EXPECTED_DATASETS[(repo, config)]
+    assert all(100 <= d.num_rows <= 5000 for d in dataset.values())
+
+
+def test_dataset_types(hub):
+    from datasets import load_dataset
+
+    cache = str(hub / "datasets")
+    imdb = load_dataset("stanfordnlp/imdb", split="train", cache_dir=cache)
+    assert imdb.features["label"].names == ["neg", "pos"]
+    assert set(imdb["label"]) == {0, 1}
+    feedback = load_dataset("trl-lib/ultrafeedback_binarized", split="train", cache_dir=cache)
+    first = feedback[0]
+    assert [m["role"] for m in first["chosen"]] == ["user", "assistant"]
+    assert first["chosen"][0] == first["rejected"][0]
+    assert first["score_chosen"] > first["score_rejected"]
+    streamed = next(iter(load_dataset("tatsu-lab/alpaca", split="train", streaming=True, cache_dir=cache)))
+    assert streamed["text"].startswith("Below is an instruction")
+
+
+def test_resolve_allows_the_hub_profile_offline_only_with_the_synthetic_hub(hub, monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("COURSE_SYNTHETIC_HUB", raising=False)
+    with pytest.raises(CourseError, match="HF_HUB_OFFLINE is set"):
+        resolve("causal-lm")
+    monkeypatch.setenv("COURSE_SYNTHETIC_HUB", str(hub.parent / "no-such-hub"))
+    with pytest.raises(CourseError, match="HF_HUB_OFFLINE is set"):
+        resolve("causal-lm")
+    monkeypatch.setenv("COURSE_SYNTHETIC_HUB", str(hub))
+    spec = resolve("causal-lm")
+    assert (spec.source, spec.is_local) == ("HuggingFaceTB/SmolLM2-135M", False)
+
+
+def test_environment_points_the_libraries_at_the_synthetic_folders(tmp_path):
+    env = synthetic_hub.environment(tmp_path)
+    assert env["HF_HUB_CACHE"] == str(tmp_path / "hub")
+    assert env["HF_DATASETS_CACHE"] == str(tmp_path / "datasets")
+    assert (env["HF_HUB_OFFLINE"], env["COURSE_PROFILE"]) == ("1", "hub")
+
+
+def test_shapes_table_lists_every_model_with_built_and_real_depth():
+    rows = synthetic_hub.shapes_table()
+    assert [r["repo"] for r in rows] == list(synthetic_hub.MODELS)
+    assert rows[0]["layers"] == "2 of 30"
+
+
+def test_course_rows_can_be_pinned_offline_under_the_hub_profile(monkeypatch):
+    from course_lib import finetune
+    from course_lib.data import load_role_dataset
+
+    monkeypatch.setenv("COURSE_PROFILE", "hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("COURSE_SYNTHETIC_HUB", raising=False)
+    with pytest.raises(CourseError, match="HF_HUB_OFFLINE is set"):
+        load_role_dataset("sft-data", "train")
+    rows = finetune.task_rows("sft-data", ("validation", "test"), task="module", profile="offline")
+    assert set(rows["task"]) == {"module"}
+    assert "corpus_split" in load_role_dataset("sft-data", "train", profile="offline").column_names
