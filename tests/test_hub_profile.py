@@ -20,7 +20,16 @@ import pytest
 from conftest import HUB_TIMINGS, REPO
 from test_book import _toc_notebooks, run_nbmake
 
-pytestmark = pytest.mark.book
+HUB_RUN_ENV = "COURSE_HUB_RUN"
+pytestmark = [
+    pytest.mark.book,
+    # Not yet in CI: every chapter under the hub profile takes about as long again as the offline
+    # run, past the 30-minute CI budget, and some chapters still fail there (issue 14's note).
+    pytest.mark.skipif(
+        os.environ.get(HUB_RUN_ENV) != "1",
+        reason=f"set {HUB_RUN_ENV}=1 to execute every chapter under the hub profile (about 15 minutes)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ measurement each, 100 steps; the base LM scores 0). The 100 steps take about 0.1
 CPU core, so the asset adds about 30 s to ``python -m course_lib assets build``.
 
 This module sits in the assets layer, below ``course_lib.finetune``, so it writes its few lines of
-data selection and its TRL settings itself; ``tests/test_chat_asset.py`` checks that they agree with
-``finetune.frequent_answers``, ``finetune.sft_dataset(style="chat")`` and ``finetune.TRL_DEFAULTS``.
+data selection itself; ``tests/test_chat_asset.py`` checks that it agrees with
+``finetune.frequent_answers`` and ``finetune.sft_dataset(style="chat")``. Its TRL settings spread the
+course's one ``defaults.TRL_DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..defaults import TRL_DEFAULTS
+
 TASK = "module"
 MODULES_KEPT = 8
 # What SFTConfig receives: chapter 8's full fine-tuning run (100 steps of 8 questions, learning rate
 # 1e-3, sequences up to 128 tokens), on the CPU in fp32 whatever the machine has, seeded, constant
-# learning rate, nothing saved but the final model. The TRL_DEFAULTS of course_lib.finetune are
-# spelled out here (a test checks they agree), with the loss logged every 10 steps.
+# learning rate, nothing saved but the final model (the course's TRL_DEFAULTS).
 SFT_CONFIG: dict = {
     "max_steps": 100,
     "learning_rate": 1e-3,
@@ -40,15 +42,7 @@ SFT_CONFIG: dict = {
     "fp16": False,
     "dataloader_pin_memory": False,
     "disable_tqdm": True,
-    "report_to": "none",
-    "save_strategy": "no",
-    "logging_steps": 10,
-    "seed": 0,
-    "data_seed": 0,
-    "lr_scheduler_type": "constant",
-    "warmup_steps": 0,
-    "dataloader_num_workers": 0,
-    "per_device_eval_batch_size": 32,
+    **TRL_DEFAULTS,
 }
 
 
