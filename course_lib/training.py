@@ -21,8 +21,8 @@ Classification
 
 Reporting
     :class:`LiveLossPlotCallback` redraws a loss curve while training and leaves one static figure;
-    :func:`read_tensorboard_scalars` reads the event files that ``report_to="tensorboard"`` writes
-    (:func:`scalars_wide` pivots them); :func:`log_history_table` flattens ``state.log_history``.
+    :func:`log_history_table` flattens ``state.log_history``. (Chapter 3 reads logged metrics back
+    through trackio's own API.)
     The callback only reads ``state`` and ``logs``, so it works with any ``Trainer`` subclass
     (TRL's ``SFTTrainer``/``DPOTrainer`` too).
 
@@ -396,47 +396,6 @@ class LiveLossPlotCallback(TrainerCallback):
             self._handle = display(self.figure, display_id=True)
         else:
             self._handle.update(self.figure)
-
-
-def read_tensorboard_scalars(log_dir: str | Path) -> list[dict[str, Any]]:
-    """Every scalar in the TensorBoard event files under ``log_dir``: rows of tag, step, value.
-
-    ``report_to="tensorboard"`` writes them to ``<output_dir>/runs/<date>_<host>`` unless the
-    ``TENSORBOARD_LOGGING_DIR`` environment variable says otherwise.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    log_dir = Path(log_dir)
-    folders = sorted({p.parent for p in log_dir.rglob("events.out.tfevents.*")})
-    if not folders:
-        raise CourseError(
-            f"No TensorBoard event files under {log_dir}; train with report_to='tensorboard' first."
-        )
-    rows = []
-    for folder in folders:
-        accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            rows.extend(
-                {
-                    "run": str(folder.relative_to(log_dir)),
-                    "tag": tag,
-                    "step": event.step,
-                    "value": event.value,
-                }
-                for event in accumulator.Scalars(tag)
-            )
-    return sorted(rows, key=lambda r: (r["run"], r["tag"], r["step"]))
-
-
-def scalars_wide(rows: list[dict[str, Any]], tags: Sequence[str]) -> list[dict[str, Any]]:
-    """Pivot :func:`read_tensorboard_scalars` rows to one row per step with a column per tag
-    (values to 4 significant digits)."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for row in rows:
-        if row["tag"] in tags:
-            by_step.setdefault(row["step"], {"step": row["step"]})[row["tag"]] = float(f"{row['value']:.4g}")
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def log_history_table(

@@ -147,20 +147,8 @@ def test_live_plot_tensorboard_and_log_history(tmp_path):
     assert [step for step, _ in plot.eval_points] == [4, 8]
     assert plot.figure is not None and (tmp_path / "loss.png").stat().st_size > 1000
 
-    scalars = training.read_tensorboard_scalars(tmp_path / "run")
-    tags = {row["tag"] for row in scalars}
-    assert {"train/loss", "eval/loss", "eval/accuracy"} <= tags
-    wide = training.scalars_wide(scalars, ["train/loss", "eval/accuracy"])
-    assert [row["step"] for row in wide] == [2, 4, 6, 8] and "eval/accuracy" in wide[1]
-    assert all(row["run"].startswith("runs") for row in scalars)
-
     history = training.log_history_table(trainer.state.log_history)
     assert [row["step"] for row in history] == [2, 4, 6, 8] and "eval_accuracy" in history[1]
-
-
-def test_reading_tensorboard_without_events_fails_clearly(tmp_path):
-    with pytest.raises(CourseError, match="No TensorBoard event files"):
-        training.read_tensorboard_scalars(tmp_path)
 
 
 def test_classification_splits_adds_validation_and_caps_rows():
