@@ -1,4 +1,4 @@
-"""Command line: ``doctor``, ``assets build``, ``hub build``, ``bench``, ``peft-sweep`` and ``assignments build|grade``
+"""Command line: ``doctor``, ``assets build``, ``hub build``, ``llamafactory build|status``, ``bench``, ``peft-sweep`` and ``assignments build|grade``
 (``python -m course_lib --help``)."""
 
 from __future__ import annotations
@@ -32,6 +32,32 @@ def _assets_build(_: argparse.Namespace) -> int:
 
     # DeepSpeed compiles its CPU communication op on first use (minutes): chapter 14 must not pay it.
     print(f"deepspeed comm op: ready in {build_deepspeed_ops():.1f} s")
+    from .llamafactory import BuildFailed, build_environment
+
+    # Chapter 8's LLaMA-Factory section needs its own environment (minutes to build, once). Without
+    # a registry the chapter skips that section and says how to build it: not a reason to fail here.
+    start = time.perf_counter()
+    try:
+        build_environment()
+        print(f"llamafactory environment: ready in {time.perf_counter() - start:.1f} s")
+    except BuildFailed as error:
+        print(f"llamafactory environment: NOT built (chapter 8 skips its section): {error}")
+    return 0
+
+
+def _llamafactory(args: argparse.Namespace) -> int:
+    from .llamafactory import BuildFailed, build_environment, cli_path, environment_status
+
+    if args.llamafactory_command == "status":
+        status = environment_status()
+        print(status["reason"])
+        return 0 if status["ready"] else 1
+    try:
+        folder = build_environment()
+    except BuildFailed as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"llamafactory-cli: {cli_path(folder)}")
     return 0
 
 
@@ -156,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         help="narrower widths too (vocabulary, classes, tokens and templates kept): the CI hub run",
     )
     hub_build.set_defaults(run=_hub_build)
+    llamafactory_parser = commands.add_parser(
+        "llamafactory", help="LLaMA-Factory's own virtual environment in the course cache (chapter 8)"
+    )
+    llamafactory_commands = llamafactory_parser.add_subparsers(dest="llamafactory_command", required=True)
+    llamafactory_commands.add_parser(
+        "build", help="build (or verify) it: pip install llamafactory with the course's torch"
+    ).set_defaults(run=_llamafactory)
+    llamafactory_commands.add_parser(
+        "status", help="say whether it is built; exit 1 when it is not"
+    ).set_defaults(run=_llamafactory)
     sweep = commands.add_parser(
         "peft-sweep",
         help="train every PEFT method with one budget on the "

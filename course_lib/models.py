@@ -94,10 +94,18 @@ def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def load_tokenizer(role: str = "causal-lm", **kwargs: Any):
-    """The tokenizer that belongs to a model role (``AutoTokenizer``)."""
+    """The tokenizer that belongs to a model role (``AutoTokenizer``).
+
+    A tokenizer without a pad token (SmolLM2's, under the hub profile) pads with its
+    end-of-text token, as chapter 9 does on the page: batches need some id there, and the
+    labels of padded positions are masked anyway.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source_of(_model_spec(role)), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source_of(_model_spec(role)), **kwargs)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import tomllib
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("COURSE_STRICT_WARNINGS", "1")  # inherited by the notebook kernels
@@ -89,8 +93,67 @@ def pytest_terminal_summary(terminalreporter):
         seconds = json.loads(WHEEL_INSTALL.read_text())["seconds"]
         terminalreporter.write_line(f"{seconds:7.1f} s  (before them) wheel built, installed in a fresh venv")
     if HUB_TIMINGS.exists():
-        rows = json.loads(HUB_TIMINGS.read_text())
-        terminalreporter.section("hub profile: execution times (synthetic Hub, offline, this machine)")
+        hub = json.loads(HUB_TIMINGS.read_text())
+        rows = hub["notebooks"]
+        terminalreporter.section(
+            "hub profile: execution times (synthetic Hub, offline, two notebooks at a time, one thread each)"
+        )
         for row in rows:
             terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['status']:7} {row['notebook']}")
         terminalreporter.write_line(f"{sum(r['seconds'] for r in rows):7.1f} s  total")
+        terminalreporter.write_line(f"{hub['wall_seconds']:7.1f} s  wall clock")
+
+
+def _stack_constraints(path: Path) -> Path:
+    """The exact versions pyproject's extras pin (torch's CPU build, the stack, the book and test
+    tools) as a pip constraints file: the wheel's own loose ranges resolve to the verified stack."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = [r.split("#")[0].strip() for name in ("cpu", "stack", "book", "test") for r in extras[name]]
+    path.write_text("\n".join(pin for pin in pins if "==" in pin) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory) -> dict[str, str]:
+    """course_lib as a learner gets it: the built wheel installed into a fresh virtual environment
+    outside the checkout (what the setup cell does in Colab), plus the kernel and nbmake to execute
+    notebooks there. Returns the environment that runs that interpreter. Session-wide: the offline
+    book run (tests/test_book.py) and the hub-profile run (tests/test_hub_profile.py) share it."""
+    root = tmp_path_factory.mktemp("wheel")
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", root, REPO],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = root.glob("course_lib-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", root / "venv"], check=True)
+    env = os.environ | {
+        # The setup cell's installs (the encoder wheel, bitsandbytes...) resolve to the stack too.
+        "PIP_CONSTRAINT": str(_stack_constraints(root / "constraints.txt")),
+        "PATH": f"{root / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(root / "venv"),
+        "PYTHONPATH": "",
+        "PYTHONWARNINGS": "",
+    }
+    installed = subprocess.run(
+        [
+            "python",
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            f"{wheel}[cpu]",
+            "ipykernel",
+            "nbmake",
+            "pytest",
+            "pytest-xdist",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert installed.returncode == 0, installed.stderr[-4000:]
+    WHEEL_INSTALL.parent.mkdir(parents=True, exist_ok=True)
+    WHEEL_INSTALL.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
+    return env

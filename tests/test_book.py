@@ -13,16 +13,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
-from conftest import REPO, TIMINGS, WHEEL_INSTALL
+from conftest import REPO, TIMINGS
 
 pytestmark = pytest.mark.book
 BUDGET_SECONDS = 120
@@ -49,54 +47,22 @@ def book_copy(tmp_path_factory) -> Path:
     return root
 
 
-def _stack_constraints(path: Path) -> Path:
-    """The exact versions pyproject's extras pin (torch's CPU build, the stack, the book and test
-    tools) as a pip constraints file: the wheel's own loose ranges resolve to the verified stack."""
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    pins = [r.split("#")[0].strip() for name in ("cpu", "stack", "book", "test") for r in extras[name]]
-    path.write_text("\n".join(pin for pin in pins if "==" in pin) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory) -> dict[str, str]:
-    """course_lib as a learner gets it: the built wheel installed into a fresh virtual environment
-    outside the checkout (what the setup cell does in Colab), plus the kernel and nbmake to execute
-    notebooks there. Returns the environment that runs that interpreter."""
-    root = tmp_path_factory.mktemp("wheel")
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", root, REPO],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = root.glob("course_lib-*.whl")
-    subprocess.run([sys.executable, "-m", "venv", root / "venv"], check=True)
-    env = os.environ | {
-        # The setup cell's installs (the encoder wheel, bitsandbytes...) resolve to the stack too.
-        "PIP_CONSTRAINT": str(_stack_constraints(root / "constraints.txt")),
-        "PATH": f"{root / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        "VIRTUAL_ENV": str(root / "venv"),
-        "PYTHONPATH": "",
-        "PYTHONWARNINGS": "",
-    }
-    installed = subprocess.run(
-        ["python", "-m", "pip", "install", "-q", f"{wheel}[cpu]", "ipykernel", "nbmake", "pytest"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert installed.returncode == 0, installed.stderr[-4000:]
-    WHEEL_INSTALL.parent.mkdir(parents=True, exist_ok=True)
-    WHEEL_INSTALL.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
-    return env
-
-
-def run_nbmake(paths: list[Path], root: Path, env: dict[str, str], junit: Path) -> tuple[int, str, list]:
+def run_nbmake(
+    paths: list[Path], root: Path, env: dict[str, str], junit: Path, workers: int = 1
+) -> tuple[int, str, list]:
     """Execute notebooks in place with nbmake (``python`` from ``env``'s PATH); return the exit code,
-    the tail of the log and one row per notebook (name, seconds, ok or FAILED) from the JUnit report."""
+    the tail of the log and one row per notebook (name, seconds, ok or FAILED) from the JUnit report.
+
+    ``workers > 1`` runs that many notebooks at a time (pytest-xdist), each kernel on one thread:
+    on 2 cores two one-thread kernels get through more work than one two-thread kernel, but each
+    notebook's time then says less about its time alone (the offline run, whose times are the
+    budget report, keeps one worker)."""
+    parallel = ["-n", str(workers)] if workers > 1 else []
+    if workers > 1:
+        env = env | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         ["python", "-m", "pytest", "--nbmake", "--overwrite", f"--nbmake-timeout={HARD_TIMEOUT_SECONDS}"]
+        + parallel
         + ["-p", "no:cacheprovider", "-q", f"--junitxml={junit}", "--rootdir", str(root), *map(str, paths)],
         cwd=root,
         capture_output=True,

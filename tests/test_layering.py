@@ -14,7 +14,7 @@ PACKAGE = REPO / "course_lib"
 LAYERS = [
     {"profiles", "results", "defaults"},
     {"claims", "assets", "prep", "loop", "memory"},
-    {"models", "data", "synthetic_hub"},
+    {"models", "data", "synthetic_hub", "llamafactory"},
     {"env", "dataset_ops"},
     {"evaluation", "training", "display"},
     {"generation", "finetune", "checks", "playground"},

@@ -13,8 +13,9 @@ from . import Feedback, verdict
 
 def check_seen_share(answer: float, task: str = "signature") -> Feedback:
     """Easy: the share of held-out (validation + test) rows of ``task`` whose document the pretraining
-    corpus's train split contains (``corpus_split == "train"``)."""
-    rows = task_rows("sft-data", ("validation", "test"), task=task)
+    corpus's train split contains (``corpus_split == "train"``). The course's own rows under
+    either profile: only they record the corpus split."""
+    rows = task_rows("sft-data", ("validation", "test"), task=task, profile="offline")
     seen = sum(split == "train" for split in rows["corpus_split"])
     expected = seen / len(rows)
     if abs(float(answer) - expected) < 5e-3:
