@@ -214,7 +214,7 @@ DATASETS: dict[str, dict] = {
     },
     "tatsu-lab/alpaca": {"config": "default", "splits": {"train": 2000}},
     "trl-lib/ultrafeedback_binarized": {"config": "default", "splits": {"train": 1500, "test": 200}},
-    "stanfordnlp/imdb": {"config": "plain_text", "splits": {"train": 450, "test": 50, "unsupervised": 50}},
+    "stanfordnlp/imdb": {"config": "plain_text", "splits": {"train": 450, "test": 100, "unsupervised": 100}},
 }
 
 
