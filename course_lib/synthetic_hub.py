@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from .assets.cache import cache_root, ensure, read_manifest
+from .assets.tokenizer import train_byte_level_bpe
 from .profiles import SYNTHETIC_HUB_ENV
 
 RECIPE_VERSION = 1
@@ -350,18 +351,9 @@ def _write_model(spec: dict, snapshot: Path, full_depth: bool, narrow: bool) -> 
 
 
 def _train_bpe(texts: list[str], specials: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=BPE_TRAINED_VOCAB,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok = train_byte_level_bpe(texts, specials, BPE_TRAINED_VOCAB)  # the course tokenizer's recipe
     # Pad the model's vocabulary with filler tokens no merge produces, up to the real size.
     state = json.loads(tok.to_str())
     vocab = state["model"]["vocab"]

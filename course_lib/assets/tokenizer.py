@@ -32,25 +32,34 @@ def iter_train_texts(corpus_folder: Path):
             yield json.loads(line)["text"]
 
 
-def train_tokenizer(corpus_folder: Path, out_folder: Path, vocab_size: int = VOCAB_SIZE) -> dict:
-    """Train a byte-level BPE on the corpus and save it as a transformers fast tokenizer.
-
-    Byte-level means every string is encodable (no unknown token); the special
-    tokens are bos/eos/pad plus the two chat-turn markers.
-    """
+def train_byte_level_bpe(texts, special_tokens: list[str], vocab_size: int):
+    """A byte-level BPE (``tokenizers.Tokenizer``) trained on ``texts``: every string is encodable
+    (no unknown token), the special tokens take the first ids. The course tokenizer and the
+    synthetic Hub's tokenizers are trained this way."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(iter_train_texts(corpus_folder), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def train_tokenizer(corpus_folder: Path, out_folder: Path, vocab_size: int = VOCAB_SIZE) -> dict:
+    """Train a byte-level BPE on the corpus and save it as a transformers fast tokenizer.
+
+    Byte-level means every string is encodable (no unknown token); the special
+    tokens are bos/eos/pad plus the two chat-turn markers.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_byte_level_bpe(iter_train_texts(corpus_folder), SPECIAL_TOKENS, vocab_size)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=512
     )
