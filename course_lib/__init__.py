@@ -5,8 +5,8 @@ and unit-tested. Start with :func:`course_lib.env.setup` and the role registry i
 :mod:`course_lib.profiles`.
 """
 
-from .env import setup
+from .env import install_extras, setup
 from .profiles import CourseError, active_profile, resolve
 
 __version__ = "0.1.0"
-__all__ = ["CourseError", "active_profile", "resolve", "setup", "__version__"]
+__all__ = ["CourseError", "active_profile", "install_extras", "resolve", "setup", "__version__"]

@@ -32,15 +32,20 @@ def _assets_build(_: argparse.Namespace) -> int:
 
     # DeepSpeed compiles its CPU communication op on first use (minutes): chapter 14 must not pay it.
     print(f"deepspeed comm op: ready in {build_deepspeed_ops():.1f} s")
-    from .llamafactory import BuildFailed, build_environment
+    from .llamafactory import BuildFailed, build_environment, in_ci
 
-    # Chapter 8's LLaMA-Factory section needs its own environment (minutes to build, once). Without
-    # a registry the chapter skips that section and says how to build it: not a reason to fail here.
+    # Chapter 8's LLaMA-Factory section needs its own environment (minutes to build, once).
+    # Outside CI, without a registry, the chapter skips that section and says how to build it, so
+    # a failed build is reported and the other assets stay usable; in CI (CI=true) the section
+    # must run, so a failed build fails this command.
     start = time.perf_counter()
     try:
         build_environment()
         print(f"llamafactory environment: ready in {time.perf_counter() - start:.1f} s")
     except BuildFailed as error:
+        if in_ci():
+            print(f"llamafactory environment: build FAILED (CI=true): {error}", file=sys.stderr)
+            return 1
         print(f"llamafactory environment: NOT built (chapter 8 skips its section): {error}")
     return 0
 
@@ -49,7 +54,7 @@ def _llamafactory(args: argparse.Namespace) -> int:
     from .llamafactory import BuildFailed, build_environment, cli_path, environment_status
 
     if args.llamafactory_command == "status":
-        status = environment_status()
+        status = environment_status(strict=False)
         print(status["reason"])
         return 0 if status["ready"] else 1
     try:
@@ -81,7 +86,10 @@ def _hub_build(args: argparse.Namespace) -> int:
 def _peft_sweep(args: argparse.Namespace) -> int:
     from .peft_methods import run_sweep, write_sweep
 
-    results = run_sweep(steps=args.steps, names=args.methods)
+    command = f"python -m course_lib peft-sweep --steps {args.steps}" + (
+        f" --methods {' '.join(args.methods)}" if args.methods else ""
+    )
+    results = run_sweep(steps=args.steps, names=args.methods, command=f"{command} --output {args.output}")
     path = write_sweep(results, args.output)
     done = [r for r in results["rows"] if "error" not in r]
     print(f"{len(done)}/{len(results['rows'])} methods ran; results in {path}")
@@ -124,7 +132,13 @@ def _assignments(args: argparse.Namespace) -> int:
 
     try:
         if args.assignments_command == "build":
-            plans = build(Path(args.out), args.chapters or None, instructor=args.instructor)
+            plans = build(
+                Path(args.out),
+                args.chapters or None,
+                instructor=args.instructor,
+                repo=args.repo,
+                branch=args.branch,
+            )
             for plan in plans:
                 parts = [
                     f"{e['label']} {e['points']} pt" + (" (public check only)" if e["fallback"] else "")
@@ -142,6 +156,7 @@ def _assignments(args: argparse.Namespace) -> int:
             Path(args.out),
             jobs=args.jobs,
             cell_timeout=args.cell_timeout,
+            test_timeout=args.test_timeout,
             time_limit=args.time_limit,
             instructor=args.instructor,
             assignments=Path(args.assignments) if args.assignments else None,
@@ -154,8 +169,8 @@ def _assignments(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (each subcommand's ``run`` is its default)."""
     parser = argparse.ArgumentParser(prog="python -m course_lib")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
@@ -242,6 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     build_parser.add_argument(
         "--instructor", default=None, help="folder with tests/chNN.py (default: ./instructor)"
     )
+    build_parser.add_argument(
+        "--repo",
+        default="hf-llm-course/course",
+        help="your fork on GitHub, owner/name: the student notebooks' Colab links and install point there",
+    )
+    build_parser.add_argument(
+        "--branch",
+        default="assignments",
+        help="the branch of --repo you push student/ to (default: assignments)",
+    )
     build_parser.set_defaults(run=_assignments)
     grade_parser = assignments_commands.add_parser(
         "grade", help="grade a folder of submitted notebooks; write OUT/grades.csv and OUT/feedback/"
@@ -258,12 +283,31 @@ def main(argv: list[str] | None = None) -> int:
         "--instructor", default=None, help="folder with tests/chNN.py (default: ./instructor)"
     )
     grade_parser.add_argument("--jobs", type=int, default=2, help="submissions graded at once (default 2)")
-    grade_parser.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell (default 60)")
     grade_parser.add_argument(
-        "--time-limit", type=int, default=600, help="seconds per submission (default 600)"
+        "--cell-timeout",
+        type=int,
+        default=60,
+        help="seconds per answer cell (default 60) and, unless --test-timeout, per hidden test",
+    )
+    grade_parser.add_argument(
+        "--test-timeout",
+        type=int,
+        default=None,
+        help="seconds per hidden test (default: --cell-timeout)",
+    )
+    grade_parser.add_argument(
+        "--time-limit",
+        type=int,
+        default=600,
+        help="seconds for the lesson cells of each exercise's run (default 600)",
     )
     grade_parser.set_defaults(run=_assignments)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 

@@ -466,7 +466,7 @@ def _one_line(text: str) -> str:
 def call_outcome(call: Callable[[], Any]) -> tuple[str, str]:
     """Run ``call``; return ``(status, detail)`` with status one of ``accepted``, ``rejected``,
     ``deprecated`` (a FutureWarning/DeprecationWarning or a logged 'deprecated' message) or ``absent``."""
-    from .checks import capture_transformers_log
+    from .display import capture_transformers_log
 
     try:
         with warnings.catch_warnings(record=True) as caught, capture_transformers_log() as logged:

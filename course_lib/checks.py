@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .display import capture_transformers_log
 from .env import free_port
 from .evaluation import text_perplexity
 from .profiles import CourseError
@@ -37,11 +38,18 @@ GB = 1e9
 # --------------------------------------------------------------------------- showing an error
 
 
-def describe_error(error: BaseException, width: int = 79) -> str:
+# The folder an installed package sits in (".../site-packages/"): an ImportError names the file it
+# searched ("cannot import name 'AdamW' from 'transformers' (/usr/.../site-packages/transformers/
+# __init__.py)"); the page keeps the path inside the package only.
+_INSTALL_FOLDER = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\][^\s'\"()]*?[/\\](?:site|dist)-packages[/\\]")
+
+
+def describe_error(error: BaseException, width: int | None = 79) -> str:
     """``TypeName: message`` in full (no traceback), its whitespace collapsed and wrapped at ``width``
-    characters so that it fits a page."""
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return textwrap.fill(text, width, break_on_hyphens=False)
+    characters so that it fits a page; one line with ``width=None`` (a table cell wraps itself).
+    A path into an installed package loses its machine-specific folder (``transformers/__init__.py``)."""
+    text = " ".join(_INSTALL_FOLDER.sub("", f"{type(error).__name__}: {error}").split())
+    return text if width is None else textwrap.fill(text, width, break_on_hyphens=False)
 
 
 @dataclass
@@ -174,7 +182,6 @@ def try_forward(model, tokenizer, text: str) -> str:
 
 # --------------------------------------------------------------------------- missing / unused weights
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 HEAD_NAMES = ("classifier", "score", "qa_outputs", "lm_head", "cls.", "pooler")
 QUANTIZATION_STATE = (
     "SCB",
@@ -199,32 +206,6 @@ class LoadReport:
     @property
     def rows(self) -> list[dict]:
         return explain_loading_info(self.info)
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(_ANSI.sub("", record.getMessage()))
-
-
-@contextlib.contextmanager
-def capture_transformers_log() -> Iterator[list[str]]:
-    """Collect what the ``transformers`` logger prints (warnings and up) instead of printing it."""
-    logger = logging.getLogger("transformers")
-    capture = _Capture()
-    saved = logger.handlers[:]
-    for handler in saved:
-        logger.removeHandler(handler)
-    logger.addHandler(capture)
-    try:
-        yield capture.lines
-    finally:
-        logger.removeHandler(capture)
-        for handler in saved:
-            logger.addHandler(handler)
 
 
 def load_with_report(auto_class, source: str, **kwargs):
@@ -467,7 +448,7 @@ def fit_report(scenarios: dict[str, list[dict]], available: float, where: str) -
                     "available_GB": round(available / GB, 2),
                     "headroom_GB": round((available - needed) / GB, 2),
                     "fits": False,
-                    "message": describe_error(error),
+                    "message": describe_error(error, width=None),
                 }
             )
     return rows

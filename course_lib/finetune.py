@@ -193,7 +193,11 @@ def prompt_style(tokenizer=None, style: str = "plain") -> str:
     if style not in STYLES:
         raise CourseError(f"Unknown prompt style {style!r}; choose from {STYLES}.")
     if style == "chat" and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
-        raise CourseError("style='chat' needs a tokenizer with a chat template; use style='plain'.")
+        raise CourseError(
+            "style='chat' needs a tokenizer with a chat template, and this one has none (a base "
+            "model such as SmolLM2-135M ships none): set tokenizer.chat_template first, or use "
+            "style='plain'."
+        )
     return style
 
 
@@ -481,6 +485,40 @@ PROBE_TEMPLATE = "function {module}.{name}("  # how the corpus introduces a func
 
 
 @torch.no_grad()
+def _probe_sequences(tokenizer, name: str, modules: list[str], template: str) -> list[tuple[list[int], int]]:
+    """For each module: the token ids of ``template`` filled in, and where the scored tokens start."""
+    if "{module}" not in template or not template.endswith("{name}("):
+        raise CourseError("template must contain {module} and end with '{name}('.")
+    sequences = []
+    for module in modules:
+        context = tokenizer(template.split("{name}")[0].format(module=module))["input_ids"]
+        full = tokenizer(template.format(module=module, name=name))["input_ids"]
+        start = next((i for i, (a, b) in enumerate(zip(context, full)) if a != b), len(context))
+        sequences.append((full, start))
+    return sequences
+
+
+@torch.no_grad()
+def _sequence_scores(
+    model, tokenizer, sequences: list[tuple[list[int], int]], batch_size: int = 64
+) -> list[float]:
+    """Summed log-probabilities of each sequence's tokens from its start on, in right-padded batches;
+    the softmax is taken only at the scored positions (a 49k-token vocabulary makes it the big part)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scores = []
+    for first in range(0, len(sequences), batch_size):
+        chunk = sequences[first : first + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.tensor([s + [pad_id] * (width - len(s)) for s, _ in chunk], device=model.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in chunk], device=model.device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        for k, (sequence, start) in enumerate(chunk):
+            positions = torch.arange(max(start, 1), len(sequence), device=model.device)
+            log_probs = torch.log_softmax(logits[k, positions - 1].float(), dim=-1)
+            scores.append(float(log_probs.gather(1, ids[k, positions, None]).sum()))
+    return scores
+
+
 def module_scores(
     model, tokenizer, name: str, modules: list[str], template: str = PROBE_TEMPLATE
 ) -> list[float]:
@@ -490,24 +528,7 @@ def module_scores(
     The prefix and the whole text are tokenised separately; the scored tokens start where the two
     token lists first differ (a BPE merge can swallow the ``"."`` into the name's first token).
     """
-    if "{module}" not in template or not template.endswith("{name}("):
-        raise CourseError("template must contain {module} and end with '{name}('.")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sequences, starts = [], []
-    for module in modules:
-        context = tokenizer(template.split("{name}")[0].format(module=module))["input_ids"]
-        full = tokenizer(template.format(module=module, name=name))["input_ids"]
-        sequences.append(full)
-        starts.append(next((i for i, (a, b) in enumerate(zip(context, full)) if a != b), len(context)))
-    width = max(map(len, sequences))
-    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], device=model.device)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
-    log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-    scores = []
-    for k, (sequence, start) in enumerate(zip(sequences, starts)):
-        positions = torch.arange(max(start, 1), len(sequence), device=model.device)
-        scores.append(float(log_probs[k, positions - 1, ids[k, positions]].sum()))
-    return scores
+    return _sequence_scores(model, tokenizer, _probe_sequences(tokenizer, name, modules, template))
 
 
 def module_probe(model, tokenizer, rows, modules: list[str], template: str = PROBE_TEMPLATE) -> dict:
@@ -516,15 +537,20 @@ def module_probe(model, tokenizer, rows, modules: list[str], template: str = PRO
 
     The score is conditioned on the module, so a module that is frequent in the corpus gets no head
     start. No training and no question format are involved, so it measures what pretraining stored.
-    Returns ``accuracy``, ``chance`` and ``predictions``.
+    Every row's candidates go through the model together, in batches. Returns ``accuracy``,
+    ``chance`` and ``predictions``.
     """
     was_training = model.training
     model.eval()
-    predictions = []
+    sequences = []
     for row in rows:
-        scores = module_scores(model, tokenizer, function_name(row), modules, template)
-        predictions.append(modules[max(range(len(modules)), key=scores.__getitem__)])
+        sequences += _probe_sequences(tokenizer, function_name(row), modules, template)
+    scores = _sequence_scores(model, tokenizer, sequences)
     model.train(was_training)
+    predictions = []
+    for first in range(0, len(scores), len(modules)):
+        row_scores = scores[first : first + len(modules)]
+        predictions.append(modules[max(range(len(modules)), key=row_scores.__getitem__)])
     references = rows[answer_column(rows)]
     return {
         "accuracy": round(exact_match(predictions, references), 4),

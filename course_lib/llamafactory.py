@@ -29,7 +29,8 @@ A marker file written last (:data:`MARKER`) records the pins the environment was
 environment without it (interrupted build) or with other pins (the course's torch changed) is
 rebuilt. ``python -m course_lib llamafactory build`` builds it, and so does
 ``python -m course_lib assets build``; when pip cannot build it (no network, no wheel), chapter 8's
-LLaMA-Factory cells print how to build it and skip.
+LLaMA-Factory cells print how to build it and skip, except in CI (``CI=true``), where
+:func:`environment_status` raises and the build fails instead of publishing a skipped section.
 """
 
 from __future__ import annotations
@@ -100,11 +101,38 @@ def cli_path(folder: Path | None = None) -> Path:
     return Path(folder or environment_dir()) / "bin" / "llamafactory-cli"
 
 
-def environment_status(folder: Path | None = None, wanted: dict | None = None) -> dict:
+def in_ci() -> bool:
+    """Whether this process runs in CI (``CI`` set to anything but ``false``/``0``, as CI
+    services set ``CI=true``): there a section that cannot run fails instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "false", "0", "no")
+
+
+class NotReady(CourseError):
+    """The environment cannot be used and this run is CI, where chapter 8's section must run."""
+
+
+def environment_status(
+    folder: Path | None = None, wanted: dict | None = None, *, strict: bool | None = None
+) -> dict:
     """``{"ready": bool, "reason": str}``: whether the environment in ``folder`` (default: the
     cache's) can be used, and why not with the command that builds it; the reason reads after
-    "LLaMA-Factory environment " ("not built: run `python -m course_lib llamafactory build`")."""
-    folder = Path(folder or environment_dir())
+    "LLaMA-Factory environment " ("not built: run `python -m course_lib llamafactory build`").
+
+    ``strict`` (default: :func:`in_ci`) raises :class:`NotReady` instead of returning a
+    not-ready status: chapter 8 calls this to decide whether its LLaMA-Factory cells run, and a
+    CI build must fail rather than publish the section skipped. Outside CI the chapter prints
+    the reason and skips the section visibly."""
+    status = _status(Path(folder or environment_dir()), wanted or pins())
+    if not status["ready"] and (in_ci() if strict is None else strict):
+        raise NotReady(
+            f"LLaMA-Factory environment {status['reason']}. CI=true: chapter 8's "
+            "LLaMA-Factory section must run in CI, so this fails instead of skipping."
+        )
+    return status
+
+
+def _status(folder: Path, wanted: dict) -> dict:
+    """:func:`environment_status` without raising."""
     wanted = wanted or pins()
     marker = read_marker(folder)
     if not folder.exists():
@@ -200,10 +228,10 @@ def build_environment(log: Callable[[str], None] = print) -> Path:
     fails; the half-built folder is removed)."""
     folder = environment_dir()
     wanted = pins()
-    if environment_status(folder, wanted)["ready"]:
+    if _status(folder, wanted)["ready"]:
         return folder
     with _locked(folder.parent, ENV_NAME):
-        if environment_status(folder, wanted)["ready"]:  # built meanwhile by another process
+        if _status(folder, wanted)["ready"]:  # built meanwhile by another process
             return folder
         start = time.perf_counter()
         log(f"[course_lib] building LLaMA-Factory's environment in {folder}")

@@ -17,7 +17,7 @@ import torch
 from . import assets
 from .profiles import CourseError, RoleSpec, resolve
 
-MODEL_ROLES = ("causal-lm", "chat-model", "encoder")
+MODEL_ROLES = ("causal-lm", "chat-model", "instruct-lm", "encoder")
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -81,6 +81,15 @@ def pick_dtype(device: str | None = None) -> torch.dtype:
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def native_bf16() -> bool:
+    """True where bfloat16 arithmetic is native, so bf16 autocast speeds training up: a CUDA GPU
+    that supports it, or a CPU with AVX-512 BF16 (emulated bf16 elsewhere is slower than fp32).
+    Chapter 15 measures what it buys; chapter 8 trains the real model with it."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported())
 
 
 def as_dtype(dtype: str | torch.dtype) -> torch.dtype:

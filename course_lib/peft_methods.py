@@ -40,6 +40,7 @@ from .prep import IGNORE_INDEX, pad_features, tokenize_chat
 from .profiles import CourseError
 
 SWEEP_FILE = results.FOLDER / "peft_sweep.json"
+SWEEP_COMMAND = "python -m course_lib peft-sweep"  # with its defaults: what wrote SWEEP_FILE
 SWEEP_ENV = "COURSE_PEFT_SWEEP"
 
 
@@ -760,9 +761,11 @@ def run_sweep(
     alphas=(4, 16, 64),
     seed: int = 0,
     progress: bool = True,
+    command: str = SWEEP_COMMAND,
 ) -> dict[str, Any]:
     """Every method of :func:`sweep_methods`, then the LoRA rank x alpha grid (:func:`lora_grid`), on
-    the chapter's task with one budget (``steps``); returns a JSON-ready dict.
+    the chapter's task with one budget (``steps``); returns a JSON-ready dict whose ``command`` is
+    the command line that regenerates it.
 
     ``machine`` is recorded when the run starts; ``load_average_1min_at_end`` and ``wall_minutes``
     say how busy the machine was (train times are wall-clock, so they depend on it).
@@ -803,6 +806,7 @@ def run_sweep(
         else []
     )
     return {
+        "command": command,
         "task": "sft-data, chat format, loss on answer tokens",
         "model_role": "causal-lm",
         "steps": steps,
@@ -858,6 +862,18 @@ def load_sweep(path: str | Path | None = None) -> dict[str, Any]:
         raise CourseError(f"{found} is missing {missing}: rerun `python -m course_lib peft-sweep`.")
     results["path"] = str(found)
     return results
+
+
+def why_not_run(error: str) -> str:
+    """A failed sweep row's ``error`` as a sentence for the page: a missing optional package is
+    named as such ("it needs scikit-learn, which the course does not install"); any other error
+    is returned as recorded."""
+    import re
+
+    missing = re.match(r"(?:ImportError|ModuleNotFoundError): (\S+) is required", error)
+    if missing:
+        return f"it needs {missing.group(1)}, which the course does not install"
+    return error
 
 
 def sweep_rows(results: dict[str, Any]) -> list[dict]:

@@ -246,7 +246,11 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None
     """
     template = getattr(tokenizer, "chat_template", None)
     if not template:
-        raise CourseError("This tokenizer has no chat template; set tokenizer.chat_template first.")
+        raise CourseError(
+            "This tokenizer has no chat template (a base model such as SmolLM2-135M ships none). "
+            "Give it one first: tokenizer.chat_template = <a Jinja template>, or "
+            "trl.clone_chat_template(model, tokenizer, <an instruct model's repo>)."
+        )
     if _GENERATION_TAG.search(template):
         encoded = tokenizer.apply_chat_template(
             messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True

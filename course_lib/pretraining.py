@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from . import assets
 from .assets.pretrain import MODEL_CONFIG
+from .display import one_line
 from .evaluation import held_out_perplexity
 from .generation import generate_text
 from .profiles import CourseError
@@ -105,11 +106,14 @@ def checkpoint_row(
     model, step: int, tokenizer, prompts: list[str], max_new_tokens: int = 16, max_blocks: int | None = None
 ) -> dict:
     """Held-out perplexity (:func:`course_lib.evaluation.held_out_perplexity`: validation split,
-    128-token blocks) and one greedy continuation per prompt, for one model (a checkpoint)."""
+    128-token blocks) and one greedy continuation per prompt, for one model (a checkpoint). A row is
+    a table row: a line break in a continuation is shown as ``↵`` (pandas would print it as a
+    literal ``\\n``)."""
     perplexity = held_out_perplexity(model, tokenizer, max_blocks=max_blocks)["perplexity"]
     row = {"step": step, "validation perplexity": round(perplexity, 1)}
     for prompt in prompts:
-        row[prompt] = generate_text(model, tokenizer, prompt, "greedy", max_new_tokens=max_new_tokens)
+        text = generate_text(model, tokenizer, prompt, "greedy", max_new_tokens=max_new_tokens)
+        row[prompt] = one_line(text)
     return row
 
 

@@ -61,6 +61,13 @@ _REGISTRY: dict[str, tuple[str, str | None, str, str | None, str]] = {
         None,
         "instruction-tuned decoder with a chat template",
     ),
+    "instruct-lm": (
+        "model",
+        "instruct",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        None,
+        "real pretrained instruct LM (SmolLM2-135M-Instruct)",
+    ),
     "encoder": (
         "model",
         "encoder",

@@ -281,12 +281,20 @@ def reload_matches(before: float, after: float, tolerance: float = RELOAD_TOLERA
     return abs(after - before) <= tolerance * before
 
 
-def measure(method: QuantMethod | str, blocks: torch.Tensor, role: str = "causal-lm") -> dict[str, Any]:
-    """Load with ``method``, measure, save, reload from disk, measure again: one table row."""
+def measure(
+    method: QuantMethod | str, blocks: torch.Tensor, role: str = "causal-lm", model: nn.Module | None = None
+) -> dict[str, Any]:
+    """Load with ``method``, measure, save, reload from disk, measure again: one table row.
+
+    ``model``: one the caller already loaded with ``method``'s config (a page that wrote the
+    ``from_pretrained`` call itself); it is measured as it is and ``load_s`` is None."""
     method = quant_methods()[method] if isinstance(method, str) else method
-    start = time.perf_counter()
-    model = load_quantized(method, role=role)
-    load_s = time.perf_counter() - start
+    load_s = None
+    if model is None:
+        start = time.perf_counter()
+        model = load_quantized(method, role=role)
+        load_s = round(time.perf_counter() - start, 2)
+    disable_cpu_repack(model)  # the evaluation below must not repack a model that may train later
     perplexity, speed = perplexity_and_speed(model, blocks)
     footprint = model.get_memory_footprint()
     with tempfile.TemporaryDirectory() as folder:
@@ -300,7 +308,7 @@ def measure(method: QuantMethod | str, blocks: torch.Tensor, role: str = "causal
         "backend": method.backend,
         "weight_bits": method.weight_bits,
         "device": method.device,
-        "load_s": round(load_s, 2),
+        "load_s": load_s,
         "footprint_MB": round(footprint / 1e6, 2),
         "saved_MB": round(saved / 1e6, 2),
         "perplexity": round(perplexity, 2),
@@ -367,11 +375,36 @@ def report_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 GPU_RESULTS = "quantization_gpu.json"
+# What wrote course_lib/results/quantization_gpu.json, on a machine with a CUDA GPU.
+GPU_COMMAND = "python tests/gpu/quantization_rows.py --output course_lib/results/quantization_gpu.json"
+
+
+def stored_run(n_blocks: int = 16, command: str = GPU_COMMAND, role: str = "causal-lm") -> dict[str, Any]:
+    """Every row of :func:`quantization_table` (the GPU-only ones too, where CUDA exists) on the
+    first ``n_blocks`` validation blocks, as the JSON document ``quantization_gpu.json`` stores:
+    the ``command`` that wrote it, a ``stamp`` (device, versions, date), ``blocks`` and the rows."""
+    import datetime
+    import platform
+    from importlib import metadata
+
+    from .models import load_tokenizer
+
+    blocks = eval_blocks(load_tokenizer(role), n_blocks=n_blocks)
+    libraries = ("torch", "transformers", "peft", "bitsandbytes", "torchao")
+    stamp = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+        **{name: metadata.version(name).split("+")[0] for name in libraries},
+        "date": datetime.date.today().isoformat(),
+    }
+    rows = quantization_table(blocks, role=role)
+    return {"command": command, "stamp": stamp, "blocks": len(blocks), "quantization": rows}
 
 
 def stored_gpu_results(path: str | Path | None = None) -> dict[str, Any] | None:
-    """The GPU run stored as ``course_lib/results/quantization_gpu.json`` (its ``stamp``: device,
-    versions, date; its ``quantization`` rows; QLoRA's steps/s and memory), or None when absent."""
+    """The GPU run stored as ``course_lib/results/quantization_gpu.json`` (written by
+    :data:`GPU_COMMAND`: its ``command``, ``stamp`` with device, versions and date, and its
+    ``quantization`` rows, CPU and GPU, from that one machine), or None when absent."""
     import json
 
     from . import results
@@ -380,7 +413,9 @@ def stored_gpu_results(path: str | Path | None = None) -> dict[str, Any] | None:
     if not path.exists():
         return None
     results = json.loads(path.read_text())
-    missing = {"stamp", "quantization"} - set(results)
+    missing = {"command", "stamp", "quantization"} - set(results)
     if missing:
-        raise CourseError(f"{path.name} lacks {sorted(missing)}: regenerate it on a GPU machine.")
+        raise CourseError(
+            f"{path.name} lacks {sorted(missing)}: regenerate it with `{GPU_COMMAND}` on a GPU machine."
+        )
     return results

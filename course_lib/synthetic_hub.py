@@ -7,7 +7,9 @@
   (``models--org--name/snapshots/<sha>/`` and ``refs/main``): the real architecture class and
   config widths, the real vocabulary size, special tokens and chat template, random weights in
   safetensors. Depth (``num_hidden_layers``) is shrunk where the real one would make a chapter
-  too slow on 2 CPU cores: :data:`MODELS` lists every shape.
+  too slow on 2 CPU cores: :data:`MODELS` lists every shape. The repos in :data:`REAL_WEIGHTS`
+  hold real pretrained weights instead: the offline asset of the same model, copied whole (its
+  config, tokenizer and chat template come from the GGUF file it was converted from).
 * ``datasets/``: one prepared dataset per hub dataset role in the layout of datasets' own cache
   (``org___name/<config>/0.0.0/<hash>/``), with the real column names, types, splits and
   configuration, a few hundred rows of the course corpus. With ``HF_HUB_OFFLINE=1`` the real
@@ -21,6 +23,12 @@ starts (the libraries read them at import). The tokenizers are not the real ones
 tokens to the real vocabulary size, with the real special tokens at their real ids. The uncased
 BERT vocabulary is the real one (shipped with the offline encoder). Random weights generate noise:
 the hub run checks that every cell runs, not what the models say.
+
+The small JSON files of the real repos (config, generation config, tokenizer config, special
+tokens) are written from ``course_lib/hub_sources/``: copies found in public sources, each with
+its source and sha256 in ``sources.json``, which also says which files no copy was found for.
+A recorded file is written as recorded except the fields its row lists as ``may_differ`` (the
+depth and widths of the tiny models).
 """
 
 from __future__ import annotations
@@ -32,10 +40,11 @@ import tempfile
 from pathlib import Path
 
 from .assets.cache import cache_root, ensure, read_manifest
+from .assets.instruct import HUB_ID as INSTRUCT_HUB_ID
 from .assets.tokenizer import train_byte_level_bpe
 from .profiles import SYNTHETIC_HUB_ENV
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SNAPSHOT = "5ca1ab1e" * 5  # the commit hash every synthetic repo's refs/main points to
 DATASET_HASH = "5ca1ab1e5ca1ab1e"
 BPE_TRAINED_VOCAB = 8000  # merges learnt on the corpus; the rest of the vocabulary is filler
@@ -60,13 +69,6 @@ SMOL_SPECIALS = [
     "<jupyter_script>",
     "<empty_output>",
 ]
-SMOL_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% endif %}"
-)
 QWEN_SPECIALS = [  # (token, special): ids 151643.. in this order
     ("<|endoftext|>", True),
     ("<|im_start|>", True),
@@ -129,6 +131,7 @@ MODELS: dict[str, dict] = {
     "HuggingFaceTB/SmolLM2-135M": {
         "class": "LlamaForCausalLM",
         "tokenizer": "smollm2",
+        "tokenizer_class": "GPT2Tokenizer",
         "config": dict(
             vocab_size=49152,
             hidden_size=576,
@@ -150,6 +153,7 @@ MODELS: dict[str, dict] = {
     "Qwen/Qwen2.5-0.5B-Instruct": {
         "class": "Qwen2ForCausalLM",
         "tokenizer": "qwen2.5",
+        "tokenizer_class": "Qwen2Tokenizer",
         "config": dict(
             vocab_size=151936,
             hidden_size=896,
@@ -203,7 +207,28 @@ MODELS: dict[str, dict] = {
         "dtype": "float32",
     },
 }
+# Hub repos served with the real model: repo id -> the offline asset (course_lib.assets) holding it.
+REAL_WEIGHTS: dict[str, str] = {INSTRUCT_HUB_ID: "instruct"}
 _LAYER_KEY = {"DistilBertForMaskedLM": "n_layers", "DistilBertForQuestionAnswering": "n_layers"}
+SOURCES = Path(__file__).parent / "hub_sources"
+
+
+def source_rows() -> list[dict]:
+    """The rows of ``hub_sources/sources.json``: one per repo and file, where a copy was found."""
+    return json.loads((SOURCES / "sources.json").read_text(encoding="utf-8"))["files"]
+
+
+def recorded_file(repo: str, name: str) -> Path | None:
+    """The stored copy of ``name`` from ``repo`` (``hub_sources/files/``), or None when none was found."""
+    path = SOURCES / "files" / repo.replace("/", "--") / name
+    return path if path.is_file() else None
+
+
+def overridden_fields(repo: str) -> list[str]:
+    """The config fields the synthetic copy of ``repo`` changes: its depth and (narrow) widths."""
+    spec = MODELS[repo]
+    return sorted(set(spec["narrow"]) | {_LAYER_KEY.get(spec["class"], "num_hidden_layers")})
+
 
 # Every synthetic dataset: its configuration and row count per split (enough for the chapters'
 # 2,000-row streams; the real ones are larger). IMDb is sized like the offline classification data
@@ -229,7 +254,29 @@ def recipe(full_depth: bool = False, narrow: bool = False) -> dict:
         "models": MODELS,
         "datasets": DATASETS,
         "corpus": corpus_manifest.get("content_hash"),
+        "sources": _sources_hash(),
+        "real_weights": {
+            repo: (read_manifest(_real_asset_folder(asset)) or {}).get("content_hash")
+            for repo, asset in REAL_WEIGHTS.items()
+        },
     }
+
+
+def _sources_hash() -> str:
+    """One hash of every recorded file and of the table: a changed copy rebuilds the hub."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(SOURCES.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(SOURCES)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _real_asset_folder(asset: str) -> Path:
+    from . import assets
+
+    return assets.BUILDERS[asset]()
 
 
 def _corpus_asset_folder() -> Path:
@@ -287,6 +334,18 @@ def shapes_table(full_depth: bool = False, narrow: bool = False) -> list[dict]:
                 "layers": f"{spec['real_layers'] if full_depth else spec['layers']} of {spec['real_layers']}",
             }
         )
+    for repo, asset in REAL_WEIGHTS.items():
+        config = json.loads((_real_asset_folder(asset) / "config.json").read_text())
+        layers = config["num_hidden_layers"]
+        rows.append(
+            {
+                "repo": repo,
+                "class": config["architectures"][0],
+                "vocab": config["vocab_size"],
+                "hidden": config["hidden_size"],
+                "layers": f"{layers} of {layers} (real weights)",
+            }
+        )
     return rows
 
 
@@ -311,9 +370,18 @@ def _build(out: Path, full_depth: bool, narrow: bool) -> dict:
         if kind not in tokenizers:
             tokenizers[kind] = _make_tokenizer(kind, texts)
         tokenizers[kind].save_pretrained(snapshot)
-        _write_model(spec, snapshot, full_depth, narrow)
+        _write_tokenizer_files(repo, spec, snapshot)
+        _write_model(repo, spec, snapshot, full_depth, narrow)
+    for repo, asset in REAL_WEIGHTS.items():
+        snapshot = _repo_folder(out / "hub", "models", repo)
+        for path in _real_asset_folder(asset).iterdir():
+            if path.name not in ("manifest.json", "source.json"):  # the cache's files, not the repo's
+                shutil.copy2(path, snapshot / path.name)
+        for name in ("config.json", "generation_config.json"):  # the real repo's, where recorded
+            if (recorded := recorded_file(repo, name)) is not None:
+                shutil.copyfile(recorded, snapshot / name)
     _write_datasets(out / "datasets", corpus_folder)
-    return {"models": sorted(MODELS), "datasets": sorted(DATASETS)}
+    return {"models": sorted(MODELS) + sorted(REAL_WEIGHTS), "datasets": sorted(DATASETS)}
 
 
 def _repo_folder(hub: Path, kind: str, repo: str) -> Path:
@@ -325,17 +393,40 @@ def _repo_folder(hub: Path, kind: str, repo: str) -> Path:
     return snapshot
 
 
-def _write_model(spec: dict, snapshot: Path, full_depth: bool, narrow: bool) -> None:
+def _write_tokenizer_files(repo: str, spec: dict, snapshot: Path) -> None:
+    """The real repo's tokenizer_config.json and special_tokens_map.json where recorded; else the
+    saved one, naming the tokenizer class the real repo names (``MODELS[repo]["tokenizer_class"]``)."""
+    path = snapshot / "tokenizer_config.json"
+    recorded = {
+        name: recorded_file(repo, name) for name in ("tokenizer_config.json", "special_tokens_map.json")
+    }
+    if recorded["tokenizer_config.json"] is None:
+        settings = json.loads(path.read_text())
+        settings["tokenizer_class"] = spec["tokenizer_class"]
+        path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    for name, source in recorded.items():
+        if source is not None:
+            shutil.copyfile(source, snapshot / name)
+
+
+def _write_model(repo: str, spec: dict, snapshot: Path, full_depth: bool, narrow: bool) -> None:
     import torch
     import transformers
 
     model_class = getattr(transformers, spec["class"])
     layers = spec["real_layers"] if full_depth else spec["layers"]
-    settings = spec["config"] | (spec["narrow"] if narrow else {})
-    settings[_LAYER_KEY.get(spec["class"], "num_hidden_layers")] = layers
-    config = model_class.config_class(**settings)
+    overrides = dict(spec["narrow"] if narrow else {})
+    overrides[_LAYER_KEY.get(spec["class"], "num_hidden_layers")] = layers
+    recorded = recorded_file(repo, "config.json")
+    real = json.loads(recorded.read_text()) if recorded else None
+    if real is None:
+        config = model_class.config_class(**(spec["config"] | overrides))
+    else:  # the real config, smaller: built from the same fields it is written with
+        config = model_class.config_class.from_dict(real | overrides)
     model = model_class(config).to(getattr(torch, spec["dtype"]))
     model.save_pretrained(snapshot)
+    if real is not None:  # the recorded file itself, not transformers' re-serialisation of it
+        (snapshot / "config.json").write_text(json.dumps(real | overrides, indent=2) + "\n")
     if spec["class"] == "Qwen2ForCausalLM":  # the Instruct repo samples by default
         generation = dict(
             bos_token_id=151643,
@@ -345,7 +436,7 @@ def _write_model(spec: dict, snapshot: Path, full_depth: bool, narrow: bool) -> 
             temperature=0.7,
             top_p=0.8,
             top_k=20,
-            repetition_penalty=1.05,
+            repetition_penalty=1.1,  # issue 20 (no public copy of the file found)
         )
         (snapshot / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
@@ -368,16 +459,15 @@ def _make_tokenizer(kind: str, texts: list[str]):
 
     if kind == "smollm2":
         tok = _train_bpe(texts, SMOL_SPECIALS, 49152)
-        fast = PreTrainedTokenizerFast(
+        # a base model: no chat template (a page that needs one gives it one, as a learner must)
+        return PreTrainedTokenizerFast(
             tokenizer_object=tok,
             bos_token="<|endoftext|>",
             eos_token="<|endoftext|>",
             unk_token="<|endoftext|>",
-            additional_special_tokens=SMOL_SPECIALS[1:],
+            additional_special_tokens=SMOL_SPECIALS,  # all 17, <|endoftext|> included
             model_max_length=8192,
         )
-        fast.chat_template = SMOL_CHAT_TEMPLATE
-        return fast
     if kind == "qwen2.5":
         tok = _train_bpe(texts, [], 151643)
         tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_SPECIALS])
@@ -497,9 +587,11 @@ def _dataset_rows(repo: str, split: str, count: int, corpus_folder: Path, tasks_
             rows += _read_jsonl(tasks_folder / "classification" / f"{split_name}.jsonl")
         offset = {"train": 0, "test": 1000, "unsupervised": 1500}[split]
         picked = (rows * 4)[offset : offset + count]
-        return [
+        labelled = [
             {"text": r["text"], "label": -1 if split == "unsupervised" else r["label"] % 2} for r in picked
         ]
+        # stored like the real splits: every negative review, then every positive one (issue 20)
+        return sorted(labelled, key=lambda row: row["label"])
     raise KeyError(repo)
 
 

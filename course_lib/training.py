@@ -78,9 +78,9 @@ RENAMED_ARGUMENTS = {
 }
 
 _COMMON = {
-    "eval_strategy": ("steps", "evaluate every `eval_steps` optimizer steps (short runs have < 1 epoch)"),
+    "eval_strategy": ("steps", "evaluate every eval_steps optimizer steps (short runs have < 1 epoch)"),
     "eval_steps": (10, "often enough to see the curve, rarely enough to keep evaluation cheap"),
-    "logging_strategy": ("steps", "log the training loss every `logging_steps`"),
+    "logging_strategy": ("steps", "log the training loss every logging_steps"),
     "logging_steps": (5, "a point on the loss curve every 5 steps"),
     "save_strategy": ("steps", "checkpoint on the evaluation schedule (needed by load_best_model_at_end)"),
     "save_steps": (10, "same as eval_steps, so every checkpoint has an evaluation"),

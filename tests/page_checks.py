@@ -39,6 +39,13 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 # text/plain is its repr ("HBox(children=...)"), never a fallback.
 STATIC_FALLBACK = {"text/html", "image/png", "image/svg+xml"}
 _CARRIAGE = re.compile(r"^.*\r(?=[^\n])", re.M)  # what nbconvert/myst-nb keep of a \r-updated line
+FAILED_CHECK = "❌"  # how course_lib.exercises.Feedback(False) renders
+# Text-output debris: an escaped newline printed literally in a table (a repr of a string inside a
+# cell; a printed repr shows one on purpose) and a progress bar frozen at its start (a bar whose
+# later updates the book did not keep).
+LITERAL_NEWLINE = re.compile(r"\\n")
+FROZEN_BAR = re.compile(r"(^|\s)0%\|")
+_SOLUTION = re.compile(r"\{solution-(start|end)\}")
 
 
 def _text(value) -> str:
@@ -58,16 +65,47 @@ def _output_text(output: dict) -> tuple[str, str]:
     return "plain", _text(data.get("text/plain", ""))
 
 
+def _all_text(output: dict) -> list:
+    """Every text an output carries (a stream's text, each mime type's value, a traceback)."""
+    if output["output_type"] == "stream":
+        return [output.get("text", "")]
+    values = [v for v in output.get("data", {}).values() if isinstance(v, (str, list))]
+    return values + [output.get("traceback", [])]
+
+
+def merged_streams(outputs: list[dict]) -> list[dict]:
+    """Consecutive outputs of the same stream joined into one, as the book shows them
+    (_config.yml's ``nb_merge_streams: true``): a tqdm bar's updates, each its own output in the
+    executed notebook, become one \r-updated line whose final state is what a reader sees."""
+    merged: list[dict] = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (
+            output["output_type"] == "stream"
+            and previous is not None
+            and previous["output_type"] == "stream"
+            and previous.get("name") == output.get("name")
+        ):
+            merged[-1] = {**previous, "text": _text(previous["text"]) + _text(output["text"])}
+        else:
+            merged.append(output)
+    return merged
+
+
 def problems(notebook: dict, name: str = "") -> list[str]:
     found = []
+    in_solution = False  # between a ```{solution-start}``` and its ```{solution-end}``` (sphinx-exercise)
     for number, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] == "markdown":
+            for directive in _SOLUTION.findall(_text(cell["source"])):
+                in_solution = directive == "start"
         if cell["cell_type"] != "code":
             continue
         where = f"{name} cell {number}"
         for line in _text(cell["source"]).splitlines():
             if len(line) > MAX_LINE:
                 found.append(f"{where}: code line of {len(line)} characters: {line[:60]}")
-        for output in cell.get("outputs", []):
+        for output in merged_streams(cell.get("outputs", [])):
             data = output.get("data", {})
             if WIDGET in data and not STATIC_FALLBACK & set(data):
                 found.append(
@@ -84,10 +122,20 @@ def problems(notebook: dict, name: str = "") -> list[str]:
                     found.append(f"{where}: {label}: {line!r}")
             if TRUNCATED.search(text):
                 found.append(f"{where}: text cut with an ellipsis")
+            if in_solution and any(FAILED_CHECK in _text(value) for value in _all_text(output)):
+                found.append(f"{where}: a worked solution fails its exercise check ({FAILED_CHECK})")
+            if kind == "html" and (hit := LITERAL_NEWLINE.search(text)):
+                # pandas writes a line break inside a cell as a literal \n, in HTML too
+                cell_text = text[max(0, hit.start() - 30) : hit.end() + 30].strip()
+                found.append(f"{where}: a literal \\n in a table: {cell_text!r}")
             if kind in ("stream", "plain"):
                 for line in text.splitlines():
                     if len(line) > MAX_LINE:
                         found.append(f"{where}: output line of {len(line)} characters: {line[:60]}")
+                    if kind == "plain" and LITERAL_NEWLINE.search(line):
+                        found.append(f"{where}: a literal \\n in the text: {line.strip()[:60]!r}")
+                    if FROZEN_BAR.search(line):
+                        found.append(f"{where}: a progress bar frozen at 0%: {line.strip()[:60]!r}")
             if (
                 output["output_type"] == "execute_result"
                 and kind == "plain"

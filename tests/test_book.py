@@ -11,6 +11,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -24,7 +25,9 @@ from conftest import REPO, TIMINGS
 
 pytestmark = pytest.mark.book
 BUDGET_SECONDS = 120
-HARD_TIMEOUT_SECONDS = 300  # machines are noisy: the budget is reported, only this fails
+# Machines are noisy: the budget is reported, only this fails (a hang, not a slow machine: a 2-core
+# EPYC without AVX-512 ran chapter 8 offline in 278 s and its hub run's LoRA cell past 300 s)
+HARD_TIMEOUT_SECONDS = 600
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -38,7 +41,7 @@ def _toc_notebooks() -> list[str]:
 @pytest.fixture(scope="module")
 def book_copy(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("book")
-    for name in ("_toc.yml", "_static", "book", "notebooks"):
+    for name in ("_toc.yml", "_static", "_ext", "book", "notebooks"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     config = yaml.safe_load((REPO / "_config.yml").read_text())
@@ -139,6 +142,10 @@ def test_book_builds_with_outputs(built_html):
     pilot = (built_html / "notebooks" / "01_models_tokenizers_pipelines.html").read_text()
     assert 'src="../_images/' in pilot, "the pilot chapter's plots are missing"
     assert (built_html / "book" / "intro.html").exists()
+    # exercises numbered per chapter (_ext/exercise_numbers.py), in the title and the solution
+    chapter8 = (built_html / "notebooks" / "08_sft_lora.html").read_text()
+    numbers = re.findall(r"Exercise (\d+(?:\.\d+)?)", chapter8)
+    assert numbers and set(numbers) == {"8.1", "8.2", "8.3"}, sorted(set(numbers))
 
 
 @pytest.fixture(scope="module")

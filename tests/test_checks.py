@@ -3,7 +3,6 @@
 import copy
 import json
 import logging
-import warnings
 
 import pytest
 import torch
@@ -42,6 +41,32 @@ def test_describe_error_shows_the_whole_message_wrapped():
     text = checks.describe_error(RuntimeError("line one\nline two " + "word " * 100 + "end"), width=50)
     assert text.startswith("RuntimeError: line one line two") and text.endswith("end")
     assert "..." not in text and all(len(line) <= 50 for line in text.splitlines())
+
+
+def test_describe_error_keeps_only_the_path_inside_an_installed_package():
+    error = ImportError(
+        "cannot import name 'AdamW' from 'transformers' "
+        "(/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/transformers/__init__.py)"
+    )
+    text = checks.describe_error(error, width=None)
+    assert text == "ImportError: cannot import name 'AdamW' from 'transformers' (transformers/__init__.py)"
+    windows = checks.describe_error(OSError(r"C:\Python311\Lib\site-packages\peft\x.py"), width=None)
+    assert windows == r"OSError: peft\x.py"
+    # other paths are the message's own: kept
+    assert checks.describe_error(OSError("no file /data/rows.json"), width=None).endswith("/data/rows.json")
+
+
+def test_capture_log_collects_a_library_logger_and_restores_its_handlers():
+    import logging
+
+    from course_lib.display import capture_log
+
+    logger = logging.getLogger("datasets")
+    handlers = logger.handlers[:]
+    with capture_log("datasets") as lines:
+        logging.getLogger("datasets.load").error("`trust_remote_code` is not supported anymore.")
+    assert lines == ["`trust_remote_code` is not supported anymore."]
+    assert logger.handlers == handlers
 
 
 # ----------------------------------------------------------------- tokenizer / model
@@ -159,11 +184,11 @@ def test_lora_parameter_count_agrees_with_peft():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from course_lib.env import ignore_checkpointing_rename
+
     config = tiny_llama_config()
     predicted = checks.lora_parameter_count(checks.meta_model(config), r=4)
-    with warnings.catch_warnings():
-        # peft 0.21.2 reads model.is_gradient_checkpointing, deprecated in transformers 5.23 (not our code)
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    with ignore_checkpointing_rename():  # peft 0.21 reads a renamed transformers attribute
         peft_model = get_peft_model(
             AutoModelForCausalLM.from_config(config),
             LoraConfig(r=4, target_modules=list(checks.LORA_TARGETS)),

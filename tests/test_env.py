@@ -97,3 +97,14 @@ def test_install_missing_says_what_to_do(monkeypatch):
 class _Done:
     def __init__(self, returncode, stderr=""):
         self.returncode, self.stdout, self.stderr = returncode, "", stderr
+
+
+def test_install_extras_says_what_it_installed_and_nothing_else(monkeypatch, capsys):
+    from course_lib import env
+
+    monkeypatch.setattr(env, "install_missing", lambda needs: ["torchao>=0.10"] if "torchao" in needs else [])
+    monkeypatch.setattr(env, "quiet_optional_backends", lambda: None)
+    assert env.install_extras("bitsandbytes") is None  # a cell's last line: no stray return value
+    assert capsys.readouterr().out == ""
+    env.install_extras("bitsandbytes", "torchao")
+    assert capsys.readouterr().out == "installed for this chapter: torchao>=0.10\n"

@@ -134,6 +134,10 @@ def test_formats_for_trl(course_lm):
     with pytest.raises(CourseError, match="style"):
         ft.format_prompt("x", "markdown")
     chat_ids = ft.prompt_ids(tokenizer, "Hi", "chat")
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None  # a base model's tokenizer: chat prompts are an error, not plain ones
+    with pytest.raises(CourseError, match="has none.*chat_template"):
+        ft.prompt_ids(base, "Hi", "chat")
     assert chat_ids[-3:] == tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"][-3:]
     assert ft.stop_token_ids(tokenizer) == [
         tokenizer.eos_token_id,

@@ -6,7 +6,7 @@ import sys
 
 from conftest import REPO
 
-TARGETS = ["course_lib", "tests", "notebooks"]
+TARGETS = ["course_lib", "tests", "notebooks", "_ext"]
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:

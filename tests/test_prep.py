@@ -130,6 +130,15 @@ def test_assistant_only_labels_decode_to_the_answer(course_lm):
         prep.tokenize_chat(tokenizer, [{"role": "user", "content": "hi"}])
 
 
+def test_a_tokenizer_without_chat_template_is_an_error_not_a_fallback(course_lm):
+    """A base model ships no template (SmolLM2-135M): tokenize_chat says how to give it one."""
+    _, tokenizer = course_lm
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None
+    with pytest.raises(CourseError, match="no chat template.*clone_chat_template"):
+        prep.tokenize_chat(base, prep.sft_messages(SFT_ROW))
+
+
 def test_templates_without_generation_markers_fall_back_to_the_prompt_prefix(course_lm):
     _, tokenizer = course_lm
     plain = copy.deepcopy(tokenizer)

@@ -5,6 +5,7 @@ from course_lib.profiles import CourseError, active_profile, registry_table, res
 EXPECTED_ROLES = {
     "causal-lm",
     "chat-model",
+    "instruct-lm",
     "encoder",
     "pretraining-corpus",
     "sft-data",

@@ -32,6 +32,14 @@ def test_nf4_is_smaller_and_about_as_good(blocks):
     assert abs(nf4["perplexity"] - fp32["perplexity"]) < 0.05 * fp32["perplexity"]
 
 
+def test_measure_takes_a_model_the_page_loaded(blocks):
+    from course_lib.models import load_model
+
+    row = qz.measure("fp32 (baseline)", blocks, model=load_model("causal-lm"))
+    assert row["load_s"] is None and row["reload_ok"]
+    assert row["perplexity"] == qz.measure("fp32 (baseline)", blocks)["perplexity"]
+
+
 def test_memory_footprint_misleads_for_torchao(blocks):
     row = qz.measure("torchao int8 weight-only", blocks)
     assert row["reload_ok"]
@@ -194,5 +202,20 @@ def test_report_rows_and_stored_gpu_results(tmp_path):
     assert stored is None or (stored["stamp"]["device"] and stored["quantization"])
     assert qz.stored_gpu_results(tmp_path / "absent.json") is None
     (tmp_path / "bad.json").write_text('{"stamp": {}}')
-    with pytest.raises(CourseError, match="quantization"):
+    with pytest.raises(CourseError, match="quantization_rows.py"):
         qz.stored_gpu_results(tmp_path / "bad.json")
+
+
+def test_stored_gpu_run_has_its_own_baseline_and_explains_its_nf4_size(course_lm):
+    """What chapter 13 says of the committed GPU run: it holds an fp32 row of its own, every row
+    reloads, and its NF4 file is smaller than its CPU NF4 file by the unquantized weights (the tied
+    embeddings and norms) going from 4 bytes to bfloat16's 2."""
+    model, _ = course_lm
+    stored = {r["method"]: r for r in qz.stored_gpu_results()["quantization"]}
+    assert stored["fp32 (baseline)"]["device"] == "cpu"
+    assert {r["device"] for r in stored.values()} == {"cpu", "cuda"}
+    assert all(r["reload_ok"] for r in stored.values())
+    linear = sum(m.weight.numel() for n, m in model.named_modules() if n.endswith("_proj"))
+    unquantized = sum(p.numel() for p in model.parameters()) - linear
+    shrink = stored["bnb NF4 + double quant"]["saved_MB"] - stored["bnb NF4, bf16 compute (GPU)"]["saved_MB"]
+    assert abs(shrink - unquantized * 2 / 1e6) < 0.05

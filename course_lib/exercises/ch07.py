@@ -9,24 +9,38 @@ import torch
 from ..evaluation import unigram_perplexity
 from . import Feedback
 
+# Made-up histories the check also tries: evaluations and the final summary after the last loss
+HISTORIES = [
+    [{"loss": 6.0, "step": 5}, {"loss": 4.5, "step": 10}, {"eval_loss": 4.0, "step": 10}],
+    [{"loss": 3.25, "step": 1}, {"train_runtime": 2.0, "train_loss": 3.5, "step": 1}],
+]
 
-def check_perplexity_from_loss(log_history: list[dict], answer: float) -> Feedback:
-    """Easy: the perplexity that the last logged training loss of ``log_history`` corresponds to."""
+
+def check_perplexity_from_loss(function, log_history: list[dict]) -> Feedback:
+    """Easy: ``function(log_history)`` is the perplexity of the last logged training loss, on
+    ``log_history`` (the page's run) and on :data:`HISTORIES`."""
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
     if not losses:
         return Feedback(False, "This log history has no training loss; pass trainer.state.log_history.")
-    expected = math.exp(losses[-1])
-    if math.isclose(answer, expected, rel_tol=1e-3):
-        return Feedback(
-            True,
-            f"exp({losses[-1]:.4f}) = {expected:.1f}: as unsure as a uniform choice of "
-            f"{expected:.0f} tokens.",
-        )
-    if math.isclose(answer, 2 ** losses[-1], rel_tol=1e-3):
-        return Feedback(False, "The loss is in nats (natural log): use math.exp, not 2 **.")
-    if any(math.isclose(answer, math.exp(loss), rel_tol=1e-3) for loss in losses[:-1]):
-        return Feedback(False, "That is an earlier loss: take the last entry that has a 'loss' key.")
-    return Feedback(False, f"{answer:.4g} is not exp(last loss); the last loss is {losses[-1]:.4f}.")
+    for history in [log_history, *HISTORIES]:
+        last = [entry["loss"] for entry in history if "loss" in entry][-1]
+        answer = float(function([dict(entry) for entry in history]))
+        if math.isclose(answer, 2**last, rel_tol=1e-3):
+            return Feedback(False, "The loss is in nats (natural log): use math.exp, not 2 **.")
+        if not math.isclose(answer, math.exp(last), rel_tol=1e-3):
+            earlier = [entry.get(key) for entry in history for key in entry if key.endswith("loss")]
+            if any(math.isclose(answer, math.exp(loss), rel_tol=1e-3) for loss in earlier):
+                return Feedback(
+                    False,
+                    "That is another loss: take the last entry that has a 'loss' key "
+                    "(not eval_loss nor train_loss).",
+                )
+            return Feedback(False, f"{answer:.4g} is not exp(last loss) for {history}.")
+    return Feedback(
+        True,
+        f"exp({losses[-1]:.4f}) = {math.exp(losses[-1]):.1f}: as unsure as a uniform choice of "
+        f"{math.exp(losses[-1]):.0f} tokens.",
+    )
 
 
 def check_unigram_perplexity(

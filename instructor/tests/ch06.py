@@ -45,12 +45,14 @@ def test_ex2_other_batch(make_labels):
 
 
 def test_ex2_unpadded_not_shifted(make_labels):
-    """without padding the labels are the input ids, not shifted"""
+    """an unpadded row keeps its input ids, not shifted, beside a padded one"""
     import torch
 
-    ids = torch.tensor([[3, 4, 5, 6, 7]])
-    labels = make_labels(ids.clone(), torch.ones_like(ids))
-    assert torch.equal(labels, ids), "labels must equal input_ids (the model shifts them itself)"
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    labels = make_labels(ids.clone(), mask.clone())
+    assert torch.equal(labels[0], ids[0]), "labels must equal input_ids (the model shifts them itself)"
+    assert torch.equal(labels[1], torch.tensor([8, 9, -100, -100, -100])), "padding must be -100"
 
 
 def test_ex2_mask_not_pad_id(make_labels):
@@ -72,8 +74,9 @@ def test_ex2_input_untouched(make_labels):
 
     ids = torch.tensor([[21, 22, 23, 0]])
     before = ids.clone()
-    make_labels(ids, torch.tensor([[1, 1, 1, 0]]))
+    labels = make_labels(ids, torch.tensor([[1, 1, 1, 0]]))
     assert torch.equal(ids, before), "input_ids changed: clone them before writing -100"
+    assert torch.equal(labels, torch.tensor([[21, 22, 23, -100]])), "padding must be -100"
 
 
 def test_ex3_other_conversations(assistant_labels):

@@ -41,8 +41,8 @@ def test_ex1_integer(answer):
 
 def test_ex2_gpt2(gpt2):
     """the model is a GPT-2 (which has biases), not the course LM"""
-    assert "GPT2" in type(gpt2).__name__, (
-        f"expected peft_methods.tiny_model('gpt2'), got {type(gpt2).__name__}"
+    assert "GPT2" in gpt2.__class__.__name__, (
+        f"expected peft_methods.tiny_model('gpt2'), got {gpt2.__class__.__name__}"
     )
 
 
