@@ -13,8 +13,10 @@ parameter, a tensor that is part of an autograd graph, so that ``loss.backward()
 graph is) stays in the agent and the judge gets a ``Remote`` handle, which forwards calls, attribute and item access,
 iteration, ``len``, ``bool``, ``str``, ``float``, ``int`` and ``os.fspath``, each answered with data or another
 handle. It never forwards ``==``, ordering or hashing: a student's object cannot decide the test's
-comparisons. ``isinstance`` sees the remote object's class when that class comes from a library the
-tests use (``TRUSTED``), never a class the student defined.
+comparisons. ``isinstance`` sees the class the agent names when that class comes from a library the
+tests use (``TRUSTED``) and is not a data type (a handle is never an ``int``, a ``str`` or a ``list``).
+The name is the agent's claim: a student's class can call itself ``transformers.GPT2Model``, so a
+test must not grade on ``isinstance`` or ``__class__`` of a handle alone.
 
 The judge's own objects go to the agent by value (the agent may read anything the judge sends);
 what the student's code did to them in place (a tensor, a list, a dict, a plain object's fields,
@@ -235,7 +237,17 @@ def _trusted_class(module: str, qualname: str):
             found = getattr(found, part)
     except Exception:  # noqa: BLE001
         return None
-    return found if isinstance(found, type) else None
+    if not isinstance(found, type) or issubclass(found, _SCALARS) or found in _CONTAINERS:
+        return None
+    return found
+
+
+# The agent names the class, so a student's class can claim to be `builtins.int`. These cross as
+# data, never as handles (a library's str or int enum is too rare in a test's answer to matter):
+# a handle that names one lies, and `isinstance(answer, int)` must not believe it. A library's
+# dict or list subclass (OrderedDict, DatasetDict) is a handle and keeps its class.
+_SCALARS = (int, float, complex, str, bytes)
+_CONTAINERS = (list, tuple, set, frozenset, dict, type(None))
 
 
 class Remote:

@@ -65,12 +65,18 @@ def _student_values():
     def equal_to_anything():
         return torch.zeros(2).as_subclass(EqualToAnything)
 
+    class Int:  # names a built-in class, as the agent may for any object
+        pass
+
+    Int.__module__, Int.__qualname__ = "builtins", "int"
+
     def backward(model, batch):
         model(batch).sum().backward()
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
     values = dict(dedup=dedup, fill=fill, Stop=Stop, agrees=agrees, exits=exits, forges=forges, model=model)
     values |= dict(equal_to_anything=equal_to_anything, backward=backward, folder=Path("/tmp"))
+    values |= dict(claims_int=Int())
     return {name: dill.dumps(value, recurse=True) for name, value in values.items()} | {"n": dill.dumps(3)}
 
 
@@ -124,6 +130,11 @@ def test_a_model_is_a_handle_that_isinstance_sees_through(link):
 def test_a_students_object_cannot_decide_a_comparison(link):
     got = link.value("agrees")()
     assert type(got) is Remote and not isinstance(got, Agrees) and got != [1] and got[0] != 1
+
+
+def test_a_handle_that_names_a_data_class_is_not_one(link):
+    got = link.value("claims_int")  # an int crosses as data: a handle naming int lies
+    assert type(got) is Remote and got.__class__ is Remote and not isinstance(got, int)
 
 
 def test_a_students_tensor_subclass_cannot_answer_for_torch(link):
