@@ -70,13 +70,22 @@ def _student_values():
 
     Int.__module__, Int.__qualname__ = "builtins", "int"
 
+    def zeroes_b(weight, lora_a, lora_b, scaling):  # W, with B zeroed so that W is W + s * (B @ A)
+        lora_b.zero_()
+        return weight
+
+    def rewrites_messages(tokenizer, messages):  # labels for other messages, then swaps them in
+        messages[:] = [{"role": "user", "content": "x"}]
+        ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        return ids, [-100] * len(ids)
+
     def backward(model, batch):
         model(batch).sum().backward()
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
     values = dict(dedup=dedup, fill=fill, Stop=Stop, agrees=agrees, exits=exits, forges=forges, model=model)
     values |= dict(equal_to_anything=equal_to_anything, backward=backward, folder=Path("/tmp"))
-    values |= dict(claims_int=Int())
+    values |= dict(claims_int=Int(), zeroes_b=zeroes_b, rewrites_messages=rewrites_messages)
     return {name: dill.dumps(value, recurse=True) for name, value in values.items()} | {"n": dill.dumps(3)}
 
 
@@ -135,6 +144,25 @@ def test_a_students_object_cannot_decide_a_comparison(link):
 def test_a_handle_that_names_a_data_class_is_not_one(link):
     got = link.value("claims_int")  # an int crosses as data: a handle naming int lies
     assert type(got) is Remote and got.__class__ is Remote and not isinstance(got, int)
+
+
+def _hidden_tests(chapter: str):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "instructor" / "tests" / f"{chapter}.py"
+    spec = importlib.util.spec_from_file_location(f"hidden_{chapter}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hidden_tests_compute_expected_values_before_the_call(link):
+    """A call may change its arguments (as in one process): a wrong answer that changes what the
+    test computes its expected value from must still fail."""
+    with pytest.raises(AssertionError):
+        _hidden_tests("ch12").test_ex3_formula(link.value("zeroes_b"))
+    with pytest.raises(AssertionError):
+        _hidden_tests("ch06").test_ex3_whole_conversation(link.value("rewrites_messages"))
 
 
 def test_a_students_tensor_subclass_cannot_answer_for_torch(link):

@@ -84,7 +84,7 @@ def test_ex3_other_conversations(assistant_labels):
     from course_lib import prep
     from course_lib.models import load_tokenizer
 
-    tokenizer = load_tokenizer("chat-model")
+    tokenizer = load_tokenizer("chat-model")  # decodes the answer; the call gets another one
     rows = [
         {"instruction": "What does `os.getcwd` return?", "input": "", "output": "The current directory."},
         {"instruction": "Which module defines `Path`?", "input": "", "output": "pathlib"},
@@ -92,7 +92,7 @@ def test_ex3_other_conversations(assistant_labels):
     ]
     for row in rows:
         messages = prep.sft_messages(row)
-        input_ids, labels = assistant_labels(tokenizer, messages)
+        input_ids, labels = assistant_labels(load_tokenizer("chat-model"), messages)
         input_ids, labels = [int(t) for t in input_ids], [int(t) for t in labels]
         taught = prep.loss_tokens_text(tokenizer, input_ids, labels)
         answer = row["output"] + "<|im_end|>"
@@ -101,6 +101,8 @@ def test_ex3_other_conversations(assistant_labels):
 
 def test_ex3_whole_conversation(assistant_labels):
     """input_ids are the whole conversation and labels have the same length"""
+    import copy
+
     from course_lib import prep
     from course_lib.models import load_tokenizer
 
@@ -108,8 +110,9 @@ def test_ex3_whole_conversation(assistant_labels):
     messages = prep.sft_messages(
         {"instruction": "What are the parameters of `max`?", "output": "(iterable)"}, system=None
     )
-    input_ids, labels = assistant_labels(tokenizer, messages)
+    # before the call, with a tokenizer and messages the call never sees (it may change its arguments)
     full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+    input_ids, labels = assistant_labels(load_tokenizer("chat-model"), copy.deepcopy(messages))
     assert [int(t) for t in input_ids] == full, "input_ids must be the whole conversation (chat template)"
     assert len(labels) == len(input_ids), "one label per input id"
     assert int(labels[0]) == -100, "the prompt carries no loss"

@@ -67,8 +67,9 @@ def test_ex3_formula(merge):
         torch.randn(3, 5, generator=generator),
         torch.randn(6, 3, generator=generator),
     )
-    got = merge(weight.clone(), lora_a, lora_b, 0.5)
-    assert torch.allclose(got, weight + 0.5 * (lora_b @ lora_a), atol=1e-6), "not W + scaling * (B @ A)"
+    expected = weight + 0.5 * (lora_b @ lora_a)  # before the call, which may change its arguments
+    got = merge(weight.clone(), lora_a.clone(), lora_b.clone(), 0.5)
+    assert torch.allclose(got, expected, atol=1e-6), "not W + scaling * (B @ A)"
 
 
 def test_ex3_scaling_used(merge):
