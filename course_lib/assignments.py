@@ -1265,11 +1265,51 @@ def _close(descriptors) -> None:
             os.close(fd)
 
 
+def _private_datasets() -> None:
+    """In the judge: every ``datasets.load_dataset`` builds in a folder of its own, made at the call,
+    and reads the data into memory. The agent shares the sandbox's datasets cache and can rewrite
+    it (a cached arrow file is reused without a check): the test's reference data must not come
+    from it, nor from a file the agent can rewrite while the judge has it mapped."""
+
+    def private(load):
+        def load_dataset(*args, **kwargs):
+            kwargs["cache_dir"] = tempfile.mkdtemp(prefix="judge-datasets-")
+            kwargs["keep_in_memory"] = True
+            return load(*args, **kwargs)
+
+        return load_dataset
+
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].load_dataset = private(sys.modules["datasets"].load_dataset)
+        return
+
+    import importlib.abc
+    import importlib.util
+
+    class PatchOnImport(importlib.abc.MetaPathFinder):  # importing datasets takes seconds: lazily
+        def find_spec(self, name, path=None, target=None):
+            if name != "datasets":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                module.load_dataset = private(module.load_dataset)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, PatchOnImport())
+
+
 def _judge(test: dict, link) -> dict:
     """In the judge (a forked child of the runner that never runs student code): one hidden test,
     or the public check, on handles to the student's values (:mod:`course_lib.remote_values`)."""
     from course_lib.remote_values import StudentCodeError
 
+    _private_datasets()
     try:
         arguments = [link.value(name) for name in test["params"]]
         if test.get("check"):  # the public check, run by the judge on the student's arguments

@@ -206,3 +206,40 @@ def test_the_judge_reads_data_only():
     buffer = io.BytesIO()
     torch.save({"data": [1, torch.ones(2)]}, buffer)
     assert read_data(buffer.getvalue())["data"][0] == 1
+
+
+_FORGE = """
+import os
+import pyarrow as pa
+from course_lib.data import load_role_dataset
+source = load_role_dataset("sft-data", split="train")
+table = source.data.table.set_column(
+    source.column_names.index("output"), "output", pa.array(["forged"] * len(source))
+)
+cached = source.cache_files[0]["filename"]
+with pa.OSFile(cached + ".new", "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+    w.write_table(table)
+os.replace(cached + ".new", cached)
+"""
+_JUDGE = """
+from course_lib.assignments import _private_datasets
+{before}
+_private_datasets()
+from course_lib.data import load_role_dataset
+print(sorted(set(load_role_dataset("sft-data", split="train")["output"]))[:1])
+"""
+
+
+@pytest.mark.parametrize("before", ["", "import datasets"])
+def test_the_judges_datasets_ignore_a_cache_the_agent_rewrote(tmp_path, before):
+    """The agent shares the sandbox's datasets cache: a rewritten arrow file is reused as it is,
+    so the judge builds each dataset it loads afresh, into memory."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path), HF_DATASETS_OFFLINE="1")
+    subprocess.run([sys.executable, "-c", _FORGE], env=env, check=True, capture_output=True)
+    judged = subprocess.run(
+        [sys.executable, "-c", _JUDGE.format(before=before)], env=env, check=True, capture_output=True
+    )
+    assert judged.stdout.strip() and b"forged" not in judged.stdout
