@@ -258,22 +258,17 @@ def eval_blocks(tokenizer, n_blocks: int = 16, block_size: int = 128) -> torch.T
 
 @torch.no_grad()
 def perplexity_and_speed(model, blocks: torch.Tensor, batch_size: int = 16) -> tuple[float, float]:
-    """Held-out perplexity over ``blocks`` and the forward-pass throughput (tokens per second) of
-    that same pass, after one warm-up batch."""
-    import math
+    """Held-out perplexity over ``blocks`` (:func:`~course_lib.assets.pretrain.block_perplexity`)
+    and the forward-pass throughput (tokens per second) of that same pass, after one warm-up batch."""
+    from .assets.pretrain import block_perplexity
 
-    device = next(model.parameters()).device
     model.eval()
     with quiet_bnb_casts():
-        model(input_ids=blocks[:1].to(device))
-        total, count, start = 0.0, 0, time.perf_counter()
-        for i in range(0, len(blocks), batch_size):
-            batch = blocks[i : i + batch_size].to(device)
-            loss = model(input_ids=batch, labels=batch).loss
-            predicted = batch.numel() - batch.shape[0]
-            total, count = total + loss.float().item() * predicted, count + predicted
+        model(input_ids=blocks[:1].to(model.device))  # the first call pays one-off setup, not timed
+        start = time.perf_counter()
+        perplexity = block_perplexity(model, blocks, batch_size)
         seconds = time.perf_counter() - start
-    return math.exp(total / count), blocks.numel() / seconds
+    return perplexity, blocks.numel() / seconds
 
 
 def reload_matches(before: float, after: float, tolerance: float = RELOAD_TOLERANCE) -> bool:
