@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 
 from course_lib import memory
 from course_lib.exercises import ch15
@@ -127,16 +128,14 @@ def test_adamw_state_is_8_bytes_and_adamw8bit_about_2_per_parameter():
     assert 2 <= eight_bit < 2.1  # two uint8 moments + one float32 scale per 256-value block
 
 
-def _tiny_llama(layers=4):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_llama(layers):
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=64,
+    # wide and long enough that activations, not weights, make the peaks these tests compare
+    config = tiny_llama_config(
         hidden_size=64,
         intermediate_size=256,
         num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
         max_position_embeddings=512,
         use_cache=False,
     )
@@ -176,16 +175,8 @@ def test_checkpointing_and_accumulation_lower_the_activation_peak():
 
 
 def test_infer_auto_device_map_stays_within_each_max_memory():
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
+    # sizes against which the 400 kB budgets below spill over both GPUs, the CPU and disk
+    config = tiny_llama_config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=8)
     budgets = {0: 400_000, 1: 400_000, "cpu": 400_000}
     device_map, used = ch15.device_plan(config, budgets, dtype=torch.float32)
     assert budgets == {0: 400_000, 1: 400_000, "cpu": 400_000}  # not rewritten
