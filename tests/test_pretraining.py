@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_llama_config
 from datasets import Dataset
 from transformers import (
     AutoTokenizer,
     DataCollatorForLanguageModeling,
-    LlamaConfig,
     LlamaForCausalLM,
     Trainer,
     TrainingArguments,
@@ -14,8 +14,8 @@ from transformers import (
 
 from course_lib import assets, pretraining
 from course_lib.assets.cache import read_manifest
-from course_lib.assets.pretrain import MODEL_CONFIG, pack_blocks
-from course_lib.evaluation import corpus_ids, held_out_perplexity, unigram_perplexity
+from course_lib.assets.pretrain import pack_blocks
+from course_lib.evaluation import HELD_OUT_BLOCK, corpus_ids, held_out_perplexity, unigram_perplexity
 from course_lib.profiles import CourseError
 
 
@@ -54,15 +54,15 @@ def test_corpus_texts():
 
 
 def _tiny_run(tokenizer, blocks, folder, steps=6, save_steps=3):
-    """Chapter 7's recipe, shrunk: the page writes the same calls."""
+    """Chapter 7's recipe, shrunk: the page writes the same calls, on a smaller model."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(
-        LlamaConfig(
+        tiny_llama_config(
             vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            **MODEL_CONFIG,
+            max_position_embeddings=HELD_OUT_BLOCK,  # evaluate_checkpoints scores blocks this long
         )
     )
     args = TrainingArguments(
