@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+from conftest import tiny_llama_config
 
 from course_lib import distributed as dist
 
@@ -46,7 +47,7 @@ def train(stage, batch_size):
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**config))
+    model = LlamaForCausalLM(LlamaConfig.from_dict(config))
     memory = zero_bytes_callback()
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[memory])
     trainer.remove_callback(PrinterCallback)
@@ -70,16 +71,9 @@ if runs[str(stages[0])]["main"]:
 PartialState().destroy_process_group()
 """
 
-CONFIG = {
-    "vocab_size": 64,
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-    "tie_word_embeddings": False,
-}
+# The gradient bound in test_zero_bytes_per_process_follow_the_arithmetic counts this 64 x 16
+# embedding; untied, so the output layer is a tensor of its own.
+CONFIG = tiny_llama_config(vocab_size=64, hidden_size=16, tie_word_embeddings=False)
 
 
 def _run(tmp_path, stages, processes):
@@ -87,7 +81,7 @@ def _run(tmp_path, stages, processes):
     script.write_text(SCRIPT)
     out = tmp_path / f"result-{processes}.json"
     command = dist.launch_command(
-        script, [json.dumps(CONFIG), str(out), json.dumps(stages)], processes, "torchrun"
+        script, [json.dumps(CONFIG.to_dict()), str(out), json.dumps(stages)], processes, "torchrun"
     )
     import subprocess
 
