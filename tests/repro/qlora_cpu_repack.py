@@ -41,6 +41,8 @@ NF4 = BitsAndBytesConfig(
 def tiny_llama_folder():
     """A random 2-layer Llama saved to a temporary folder."""
     torch.manual_seed(0)
+    # Spelled out rather than tests/conftest.py's tiny_llama_config: this file goes to the
+    # bitsandbytes maintainers and must run on its own, with only the four libraries above.
     config = LlamaConfig(
         vocab_size=256,
         hidden_size=64,
