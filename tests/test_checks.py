@@ -239,9 +239,12 @@ def test_try_allocate():
 def test_mismatched_collective_times_out_debug_names_it_and_the_fix_works():
     results = checks.run_collectives(timeout_s=2)
     assert set(results) == set(checks.COLLECTIVE_SCENARIOS)
-    for row in results["mismatched"]:
-        assert not row["ok"] and "Timed out" in row["error"] and row["seconds in collectives"] >= 1.9
-        assert "/__w/" not in row["error"]
+    mismatched = results["mismatched"]
+    for row in mismatched:
+        assert not row["ok"] and row["seconds in collectives"] >= 1.9 and "/__w/" not in row["error"]
+        # the first rank to time out exits; its partner may see that exit before its own timeout
+        assert "Timed out" in row["error"] or "Connection closed by peer" in row["error"]
+    assert any("Timed out" in row["error"] for row in mismatched)
     for row in results["mismatched, TORCH_DISTRIBUTED_DEBUG=DETAIL"]:
         assert not row["ok"] and "mismatch between collectives" in row["error"]
         assert "TensorOptions" not in row["error"] and "Op type:" in row["error"]
