@@ -12,6 +12,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import textwrap
 import warnings
 from collections.abc import Iterator
 
@@ -223,6 +224,8 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
     """What every chapter's setup cell calls (the same cell on every page): seed, quiet the
     weight-loading bars, turn deprecations into errors when ``COURSE_STRICT_WARNINGS=1`` (CI),
     report profile, device and versions. A chapter's extras come after it: :func:`install_extras`."""
+    from .budget import current as current_budget
+    from .budget import describe as describe_budget
     from .models import pick_device
 
     # Without ipywidgets, tqdm.auto falls back to text bars (which the static book can show) and
@@ -238,6 +241,7 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
         "profile": active_profile(),
         "device": pick_device(),
         "seed": seed,
+        "budget": current_budget(),
         "python": platform.python_version(),
         **versions(("torch", "transformers", "datasets")),
     }
@@ -245,6 +249,7 @@ def setup(seed: int = 0, quiet: bool = False) -> dict:
         first, libraries = ("profile", "device", "seed", "python"), ("torch", "transformers", "datasets")
         print(" | ".join(f"{key}: {info[key]}" for key in first))
         print(" | ".join(f"{key} {info[key]}" for key in libraries))
+        print(textwrap.fill(describe_budget(), 79))
     return info
 
 

@@ -46,7 +46,7 @@ def hub_executed(tmp_path_factory, wheel_venv, hub_environment) -> tuple[int, st
     """Execute every toc chapter once with nbmake under the hub profile, in a copy of the notebooks."""
     root = tmp_path_factory.mktemp("hub")
     shutil.copytree(REPO / "notebooks", root / "notebooks")
-    env = wheel_venv | hub_environment | {"COURSE_CLAIMS": "report"}
+    env = wheel_venv | hub_environment | {"COURSE_CLAIMS": "report", "COURSE_BUDGET": "smoke"}
     paths = [root / f"{nb}.ipynb" for nb in _toc_notebooks()]
     start = time.perf_counter()
     code, log, rows = run_nbmake(paths, root, env, root / "nbmake.xml", workers=HUB_WORKERS)
