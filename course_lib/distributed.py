@@ -36,13 +36,17 @@ def launch_command(
     processes: int = 2,
     launcher: str = "accelerate",
     port: int | None = None,
+    launcher_args: list[str] = (),
 ) -> list[str]:
-    """The command that starts ``processes`` copies of ``script`` on this machine."""
+    """The command that starts ``processes`` copies of ``script`` on this machine.
+    ``launcher_args`` go to the launcher before the script (torchrun's ``--nnodes``,
+    ``--node-rank``, ``--master-addr``, ...); a default option they name is left out."""
     if launcher not in LAUNCHERS:
         raise CourseError(f"Unknown launcher {launcher!r}; use one of {LAUNCHERS}.")
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}.")
     port = port or free_port()
+    named = {arg.split("=")[0].replace("_", "-") for arg in launcher_args if arg.startswith("--")}
     if launcher == "accelerate":
         # --multi_gpu is accelerate's torchrun-based launcher; on CPUs the script's
         # Accelerator(cpu=True) makes the processes talk through gloo.
@@ -53,30 +57,23 @@ def launch_command(
             "--multi_gpu",
             "--num_processes",
             str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_ip",
-            "127.0.0.1",
-            "--main_process_port",
-            str(port),
         ]
+        defaults = {
+            "--num_machines": "1",
+            "--mixed_precision": "no",
+            "--dynamo_backend": "no",
+            "--main_process_ip": "127.0.0.1",
+            "--main_process_port": str(port),
+        }
     else:
-        head = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(processes),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-        ]
-    return head + [str(script), *script_args]
+        head = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
+        defaults = {"--master-addr": "127.0.0.1", "--master-port": str(port)}
+        if "--rdzv-endpoint" in named:  # a rendezvous replaces the master address
+            named |= set(defaults)
+    for option, value in defaults.items():
+        if option.replace("_", "-") not in named:
+            head += [option, value]
+    return head + [*launcher_args, str(script), *script_args]
 
 
 def run_launched(
@@ -86,14 +83,18 @@ def run_launched(
     launcher: str = "accelerate",
     timeout: float = 240,
     env: dict[str, str] | None = None,
+    launcher_args: list[str] = (),
 ) -> dict[str, Any]:
     """Launch ``script`` in ``processes`` processes and return the JSON its main process writes
     to the path given as ``--out``, plus ``command`` (the command line, shortened) and
     ``wall_seconds`` (including starting the processes). ``env`` adds environment variables
-    (e.g. ``DS_ACCELERATOR=cpu`` for DeepSpeed on a CPU)."""
+    (e.g. ``DS_ACCELERATOR=cpu`` for DeepSpeed on a CPU); ``launcher_args`` go to the launcher
+    (:func:`launch_command`)."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
-        command = launch_command(script, [*script_args, "--out", str(out)], processes, launcher)
+        command = launch_command(
+            script, [*script_args, "--out", str(out)], processes, launcher, launcher_args=launcher_args
+        )
         # One thread per process: the processes already share the cores between them.
         env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"} | (env or {})
         start = time.perf_counter()

@@ -85,7 +85,17 @@ if os.environ.get("RANK", "0") == "0":
 def test_run_launched_starts_the_processes_and_reads_the_result(tmp_path, launcher):
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    result = dist.run_launched(script, ["--value", "7"], processes=2, launcher=launcher, timeout=280)
+    # torchrun with its multi-node arguments spelt out, for one node (as chapter 14's FSDP run)
+    nodes = ["--nnodes", "1", "--node-rank", "0", "--master-addr", "127.0.0.1"]
+    nodes += ["--master-port", str(free_port())]
+    result = dist.run_launched(
+        script,
+        ["--value", "7"],
+        processes=2,
+        launcher=launcher,
+        timeout=280,
+        launcher_args=nodes if launcher == "torchrun" else (),
+    )
     assert result["value"] == 7 and result["world"] == 2
     assert result["command"].startswith("python -m ") and "--out" not in result["command"]
     assert result["wall_seconds"] > 0
@@ -100,6 +110,15 @@ def test_launch_commands():
     torchrun = dist.launch_command("train.py", ["--steps", "2"], processes=4, launcher="torchrun", port=29556)
     assert torchrun[1:3] == ["-m", "torch.distributed.run"] and "4" in torchrun
     assert torchrun[-3:] == ["train.py", "--steps", "2"]
+    # launcher arguments go before the script and replace the defaults they name
+    nodes = ["--nnodes", "1", "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", "29557"]
+    multi_node = dist.launch_command("train.py", ["--steps", "2"], launcher="torchrun", launcher_args=nodes)
+    assert multi_node[3:] == ["--nproc-per-node", "2", *nodes, "train.py", "--steps", "2"]
+    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:29558"]
+    rdzv = dist.launch_command("train.py", [], launcher="torchrun", launcher_args=rendezvous)
+    assert "--master-port" not in rdzv and rdzv[-5:-1] == rendezvous
+    machines = dist.launch_command("train.py", [], port=29559, launcher_args=["--num_machines=1"])
+    assert "--num_machines" not in machines and "29559" in machines
     with pytest.raises(CourseError, match="launcher"):
         dist.launch_command("train.py", [], launcher="mpirun")
     with pytest.raises(ValueError, match="processes"):

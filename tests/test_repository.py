@@ -224,6 +224,7 @@ TAUGHT_CALLS = {
         "trainer.train()",
         "stage3_param_persistence_threshold",
         "offload_optimizer",
+        "fully_shard(",
     ],
     "15": [
         ("activation_checkpointing_enable(", "gradient_checkpointing_enable("),
