@@ -185,6 +185,7 @@ TAUGHT_CALLS = {
         "TrainingArguments(",
         "Trainer(",
         "DataCollatorForLanguageModeling(",
+        "mlm=True",
     ],
     "08": ["LoraConfig(", "SFTConfig(", "SFTTrainer("],
     "09": ["GenerationConfig(", ".generate(", ("stop_strings=", "StoppingCriteria"), "repetition_penalty="],
