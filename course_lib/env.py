@@ -181,6 +181,8 @@ CHAPTER_EXTRAS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     "torchao": ("torchao", ["torchao>=0.10"], (OFFLINE, HUB)),
     # Chapter 14's ZeRO runs; ninja compiles DeepSpeed's CPU communication op.
     "deepspeed": ("deepspeed", ["ninja", "deepspeed>=0.17"], (OFFLINE, HUB)),
+    # Chapter 9's evaluation harness (EleutherAI's lm-evaluation-harness).
+    "lm-eval": ("lm_eval", ["lm-eval>=0.4.13"], (OFFLINE, HUB)),
 }
 
 

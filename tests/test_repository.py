@@ -188,7 +188,16 @@ TAUGHT_CALLS = {
         "mlm=True",
     ],
     "08": ["LoraConfig(", "SFTConfig(", "SFTTrainer("],
-    "09": ["GenerationConfig(", ".generate(", ("stop_strings=", "StoppingCriteria"), "repetition_penalty="],
+    "09": [
+        "GenerationConfig(",
+        ".generate(",
+        ("stop_strings=", "StoppingCriteria"),
+        "repetition_penalty=",
+        "TaskManager(include_path=",
+        "HFLM(",
+        "simple_evaluate(",
+        "apply_chat_template(",
+    ],
     "10": ["pipeline(", "FastAPI(", "@app.post(", "(BaseModel)"],
     "11": [
         ".backward(",
