@@ -177,6 +177,10 @@ TAUGHT_CALLS = {
         "DPOTrainer(",
         "PeftModel.from_pretrained(",
         "merge_and_unload(",
+        "RewardConfig(",
+        "RewardTrainer(",
+        "GRPOConfig(",
+        "GRPOTrainer(",
     ],
     "06": ["apply_chat_template(", "-100", "DataCollator", "padding_side", "added_tokens_decoder"],
     "07": [
