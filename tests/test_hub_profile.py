@@ -28,7 +28,8 @@ EXPECTED_FAILED_CLAIMS = REPO / "tests" / "hub_failed_claims.json"
 
 # Two notebooks at a time, one thread each (see run_nbmake): every chapter's tensors span the real
 # vocabularies (49,152 and 151,936 tokens against the course's 4,096), which makes this run the
-# longest stage of CI. Measured on 2 cores: 745 s wall for 1,449 s of notebook time.
+# longest stage of CI. Measured on a slow 2-core machine with COURSE_BUDGET=smoke: 724 s wall for
+# 1,434 s of notebook time (1,075 s for 2,012 s with every chapter's full budget).
 HUB_WORKERS = 2
 # The chapters that took longest in the last measured hub run (the CI report's "hub profile" table)
 LONGEST_UNDER_HUB = ("08_sft_lora", "09_evaluation", "13_quantization_qlora", "14_scaling_out")
