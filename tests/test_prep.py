@@ -1,10 +1,14 @@
+import ast
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 
 from course_lib import prep
+from course_lib.assets.tokenizer import CHAT_TEMPLATE
 from course_lib.prep import IGNORE_INDEX
 from course_lib.profiles import CourseError
 
@@ -250,3 +254,19 @@ def test_label_alignment_and_loss_reports(course_lm):
     assert abs(prep.token_weighted_loss(model, features) - alone) < 1e-6
     with pytest.raises(ValueError, match="carries loss"):
         prep.token_weighted_loss(model, [{"input_ids": [5], "labels": [5]}])
+
+
+def test_ch06_writes_out_the_course_chat_template():
+    """Section 6.2 sets on the page the template the course tokenizer was saved with (its prose says
+    so), and the hidden tests of exercise 3 set CHAT_TEMPLATE: the two strings must stay one."""
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "06_data_preparation.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    written = [
+        ast.literal_eval(statement.value)
+        for cell in cells
+        if cell["cell_type"] == "code"
+        for statement in ast.parse("".join(cell["source"])).body
+        if isinstance(statement, ast.Assign)
+        and [ast.unparse(t) for t in statement.targets] == ["chat_template"]
+    ]
+    assert written == [CHAT_TEMPLATE]

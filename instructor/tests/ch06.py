@@ -82,9 +82,15 @@ def test_ex2_input_untouched(make_labels):
 def test_ex3_other_conversations(assistant_labels):
     """on new conversations only the answer and <|im_end|> carry loss"""
     from course_lib import prep
+    from course_lib.assets.tokenizer import CHAT_TEMPLATE
     from course_lib.models import load_tokenizer
 
-    tokenizer = load_tokenizer("chat-model")  # decodes the answer; the call gets another one
+    def chat_tokenizer():  # the course LM's tokenizer with the chat template of section 6.2
+        tokenizer = load_tokenizer("causal-lm")
+        tokenizer.chat_template = CHAT_TEMPLATE
+        return tokenizer
+
+    tokenizer = chat_tokenizer()  # decodes the answer; the call gets another one
     rows = [
         {"instruction": "What does `os.getcwd` return?", "input": "", "output": "The current directory."},
         {"instruction": "Which module defines `Path`?", "input": "", "output": "pathlib"},
@@ -92,7 +98,7 @@ def test_ex3_other_conversations(assistant_labels):
     ]
     for row in rows:
         messages = prep.sft_messages(row)
-        input_ids, labels = assistant_labels(load_tokenizer("chat-model"), messages)
+        input_ids, labels = assistant_labels(chat_tokenizer(), messages)
         input_ids, labels = [int(t) for t in input_ids], [int(t) for t in labels]
         taught = prep.loss_tokens_text(tokenizer, input_ids, labels)
         answer = row["output"] + "<|im_end|>"
@@ -104,15 +110,21 @@ def test_ex3_whole_conversation(assistant_labels):
     import copy
 
     from course_lib import prep
+    from course_lib.assets.tokenizer import CHAT_TEMPLATE
     from course_lib.models import load_tokenizer
 
-    tokenizer = load_tokenizer("chat-model")
+    def chat_tokenizer():  # the course LM's tokenizer with the chat template of section 6.2
+        tokenizer = load_tokenizer("causal-lm")
+        tokenizer.chat_template = CHAT_TEMPLATE
+        return tokenizer
+
+    tokenizer = chat_tokenizer()
     messages = prep.sft_messages(
         {"instruction": "What are the parameters of `max`?", "output": "(iterable)"}, system=None
     )
     # before the call, with a tokenizer and messages the call never sees (it may change its arguments)
     full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
-    input_ids, labels = assistant_labels(load_tokenizer("chat-model"), copy.deepcopy(messages))
+    input_ids, labels = assistant_labels(chat_tokenizer(), copy.deepcopy(messages))
     assert [int(t) for t in input_ids] == full, "input_ids must be the whole conversation (chat template)"
     assert len(labels) == len(input_ids), "one label per input id"
     assert int(labels[0]) == -100, "the prompt carries no loss"
