@@ -12,6 +12,7 @@ read it. :func:`build_deepspeed_ops` compiles the op DeepSpeed needs on a CPU, a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -25,6 +26,15 @@ from .env import free_port
 from .profiles import CourseError
 
 LAUNCHERS = ("accelerate", "torchrun")
+
+# DeepSpeed compiles its CPU op into torch's extensions folder, which torch names after the Python
+# version only: two environments of one machine (the course's, a learner's virtual environment) see
+# different compiler flags there and rebuild it for each other, 25 s each time. One folder per
+# environment; set here, at import, so the processes a launch starts inherit it.
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR",
+    str(Path.home() / ".cache" / "torch_extensions" / hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]),
+)
 
 
 # --- launching a script ------------------------------------------------------------------------
@@ -207,7 +217,7 @@ def zero_table(parameters: float, gpus: int) -> list[dict[str, Any]]:
 
 
 def build_deepspeed_ops() -> float:
-    """Compile (once, cached under ``~/.cache/torch_extensions``) the shared-memory communication
+    """Compile (once per environment, cached under ``~/.cache/torch_extensions``) the shared-memory communication
     op that DeepSpeed builds with the system C++ compiler and ninja the first time it runs on a
     CPU (``DS_ACCELERATOR=cpu``); return the seconds it took (well under one when cached).
     ``python -m course_lib assets build`` calls it, so a chapter never pays the build."""
