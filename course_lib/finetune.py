@@ -37,6 +37,64 @@ from .profiles import CourseError
 STYLES = ("plain", "chat")
 from .defaults import TRL_DEFAULTS  # noqa: E402, F401 (chapters spread finetune.TRL_DEFAULTS)
 
+# --- chapter 8's recipe, for chapters that evaluate its result ------------------------------------
+
+
+def lora_sft(pretrained, tokenizer, train_rows, seed: int, output_dir: str | Path):
+    """Chapter 8 §8.3's recipe, run once on a fresh copy of ``pretrained`` (left unchanged): LoRA
+    (rank 16, alpha 32, every linear layer) and ``SFTTrainer`` on ``train_rows`` in chat style, 8
+    steps of 8 rows at a constant learning rate of 3e-3, max_length 128, bf16 autocast where the
+    hardware has it natively, ``seed`` for the adapters' initialisation (seeded here, so one seed
+    gives one run wherever it is called) and the data order. Returns
+    ``(peft model, train result)``; ``peft_model.merge_and_unload()`` folds the adapters in.
+
+    Chapter 8 writes this code on its page (it is the lesson there); chapter 9 evaluates its result,
+    so it calls this copy. Keep the two identical.
+    """
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from trl import SFTConfig, SFTTrainer
+
+    from .models import native_bf16
+
+    lora_config = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    # get_peft_model draws the adapters' initial weights before the trainer seeds anything
+    torch.manual_seed(seed)
+    with ignore_checkpointing_rename():  # peft 0.21 reads a renamed attribute
+        model = get_peft_model(copy.deepcopy(pretrained), lora_config)
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=8,
+        learning_rate=3e-3,
+        per_device_train_batch_size=8,
+        max_length=128,
+        bf16=native_bf16(),
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=False,
+        lr_scheduler_type="constant",
+        seed=seed,
+        data_seed=seed,
+        logging_steps=4,
+        save_strategy="no",
+        report_to="none",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft_dataset(train_rows, style="chat"),
+        processing_class=tokenizer,
+    )
+    with ignore_checkpointing_rename():
+        return model, trainer.train()
+
+
 # --- saved adapters and merged models ----------------------------------------------------------
 
 

@@ -334,3 +334,53 @@ def test_inputs_go_to_the_model_device(course_lm, helper):
     with pytest.raises(_Fed) as fed:
         calls[helper](_Recorder())
     assert fed.value.args[0] == {"meta"}
+
+
+def _keywords(tree, call_name: str) -> dict:
+    """The literal keyword arguments of the first call to ``call_name`` in ``tree``."""
+    import ast
+
+    call = next(
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == call_name
+    )
+    values = {}
+    for keyword in call.keywords:
+        try:
+            values[keyword.arg] = ast.literal_eval(keyword.value)
+        except ValueError:  # a name or a call: compared as written
+            values[keyword.arg] = ("expr", ast.unparse(keyword.value))
+    return values
+
+
+def test_lora_sft_is_chapter_8s_recipe():
+    """ft.lora_sft (chapter 9 calls it) keeps the settings chapter 8 §8.3 writes on its page."""
+    import ast
+    import inspect
+    import json
+    from pathlib import Path
+
+    notebook = Path(__file__).parents[1] / "notebooks" / "08_sft_lora.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    page = next("".join(c["source"]) for c in cells if "def sft_lora(seed)" in "".join(c["source"]))
+    page_tree, lib_tree = ast.parse(page), ast.parse(inspect.getsource(ft.lora_sft).lstrip())
+    for call in ("LoraConfig", "SFTConfig"):
+        on_page, in_lib = _keywords(page_tree, call), _keywords(lib_tree, call)
+        # literal settings, and bf16's rule; not the page's own names (on_gpu, workdir, seed)
+        recipe = {k: v for k, v in on_page.items() if not isinstance(v, tuple) or k == "bf16"}
+        assert {k: in_lib.get(k) for k in recipe} == recipe, call
+
+
+def test_lora_sft_trains_a_copy(course_lm, tmp_path):
+    """Eight real steps on a copy: the pretrained model is untouched, the merged one differs."""
+    model, tokenizer = course_lm
+    top = ft.frequent_answers(ft.task_rows("sft-data", "train", task="module"), 3)
+    train = ft.task_rows("sft-data", "train", task="module", answers=top, limit=16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lora_model, result = ft.lora_sft(model, tokenizer, train, seed=0, output_dir=tmp_path)
+    assert result.global_step == 8 and result.training_loss > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    merged = lora_model.merge_and_unload()
+    texts = ["The module defines"]
+    assert ft.max_logit_difference(merged, model, tokenizer, texts) > 0
