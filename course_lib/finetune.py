@@ -35,7 +35,21 @@ from .models import pick_device
 from .profiles import CourseError
 
 STYLES = ("plain", "chat")
-from .defaults import TRL_DEFAULTS  # noqa: E402, F401 (chapters spread finetune.TRL_DEFAULTS)
+
+# What every TRL run of the course sets besides the arguments a chapter writes itself, spread into
+# SFTConfig(...) / DPOConfig(...): nothing saved or reported, a seeded data order, a constant
+# learning rate (the runs are short), a log line every 10 steps, no data-loader worker processes.
+TRL_DEFAULTS: dict[str, Any] = {
+    "report_to": "none",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "seed": 0,
+    "data_seed": 0,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "dataloader_num_workers": 0,
+    "per_device_eval_batch_size": 32,
+}
 
 # --- chapter 8's recipe, for chapters that evaluate its result ------------------------------------
 

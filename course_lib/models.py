@@ -17,7 +17,7 @@ import torch
 from . import assets
 from .profiles import CourseError, RoleSpec, resolve
 
-MODEL_ROLES = ("causal-lm", "chat-model", "instruct-lm", "encoder")
+MODEL_ROLES = ("causal-lm", "instruct-lm", "encoder")
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,

@@ -54,13 +54,6 @@ class RoleSpec:
 # role -> (kind, offline asset, hub repo id, hub config, notes)
 _REGISTRY: dict[str, tuple[str, str | None, str, str | None, str]] = {
     "causal-lm": ("model", "lm", "HuggingFaceTB/SmolLM2-135M", None, "small Llama-style decoder"),
-    "chat-model": (
-        "model",
-        "chat",
-        "Qwen/Qwen2.5-0.5B-Instruct",
-        None,
-        "instruction-tuned decoder with a chat template",
-    ),
     "instruct-lm": (
         "model",
         "instruct",

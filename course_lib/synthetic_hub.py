@@ -69,63 +69,6 @@ SMOL_SPECIALS = [
     "<jupyter_script>",
     "<empty_output>",
 ]
-QWEN_SPECIALS = [  # (token, special): ids 151643.. in this order
-    ("<|endoftext|>", True),
-    ("<|im_start|>", True),
-    ("<|im_end|>", True),
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),
-    ("<tool_call>", False),
-    ("</tool_call>", False),
-    ("<|fim_prefix|>", False),
-    ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False),
-    ("<|repo_name|>", False),
-    ("<|file_sep|>", False),
-]
-QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-QWEN_CHAT_TEMPLATE = (
-    "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}"
-    "\n        {{- messages[0]['content'] }}\n    {%- else %}\n        {{- '" + QWEN_SYSTEM + "' }}\n"
-    '    {%- endif %}\n    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with '
-    "the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:"
-    '\\n<tools>" }}\n    {%- for tool in tools %}\n        {{- "\\n" }}\n        {{- tool | tojson }}\n'
-    '    {%- endfor %}\n    {{- "\\n</tools>\\n\\nFor each function call, return a json object with '
-    'function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\":'
-    ' <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
-    "{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- '<|im_start|>system\\n' + "
-    "messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n        {{- '<|im_start|>system\\n"
-    + QWEN_SYSTEM
-    + "<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n{%- for message in messages %}\n"
-    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or '
-    '(message.role == "assistant" and not message.tool_calls) %}\n'
-    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
-    "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n"
-    "        {%- if message.content %}\n            {{- '\\n' + message.content }}\n        {%- endif %}\n"
-    "        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}"
-    "\n                {%- set tool_call = tool_call.function %}\n            {%- endif %}\n"
-    '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n            {{- tool_call.name }}\n'
-    '            {{- \'", "arguments": \' }}\n            {{- tool_call.arguments | tojson }}\n'
-    "            {{- '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n"
-    '    {%- elif message.role == "tool" %}\n'
-    '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n'
-    "            {{- '<|im_start|>user' }}\n        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n"
-    "        {{- message.content }}\n        {{- '\\n</tool_response>' }}\n"
-    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
-    "            {{- '<|im_end|>\\n' }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n"
-    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
-)
-
 # Every synthetic model: its real class and widths; "layers" is what we build, "real_layers" the Hub's.
 MODELS: dict[str, dict] = {
     "HuggingFaceTB/SmolLM2-135M": {
@@ -147,28 +90,6 @@ MODELS: dict[str, dict] = {
         ),
         "layers": 2,
         "real_layers": 30,
-        "narrow": dict(hidden_size=64, intermediate_size=128, num_attention_heads=1, num_key_value_heads=1),
-        "dtype": "bfloat16",
-    },
-    "Qwen/Qwen2.5-0.5B-Instruct": {
-        "class": "Qwen2ForCausalLM",
-        "tokenizer": "qwen2.5",
-        "tokenizer_class": "Qwen2Tokenizer",
-        "config": dict(
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rope_theta=1000000.0,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=True,
-            bos_token_id=151643,
-            eos_token_id=151645,
-        ),
-        "layers": 1,
-        "real_layers": 24,
         "narrow": dict(hidden_size=64, intermediate_size=128, num_attention_heads=1, num_key_value_heads=1),
         "dtype": "bfloat16",
     },
@@ -427,18 +348,6 @@ def _write_model(repo: str, spec: dict, snapshot: Path, full_depth: bool, narrow
     model.save_pretrained(snapshot)
     if real is not None:  # the recorded file itself, not transformers' re-serialisation of it
         (snapshot / "config.json").write_text(json.dumps(real | overrides, indent=2) + "\n")
-    if spec["class"] == "Qwen2ForCausalLM":  # the Instruct repo samples by default
-        generation = dict(
-            bos_token_id=151643,
-            pad_token_id=151643,
-            eos_token_id=[151645, 151643],
-            do_sample=True,
-            temperature=0.7,
-            top_p=0.8,
-            top_k=20,
-            repetition_penalty=1.1,  # issue 20 (no public copy of the file found)
-        )
-        (snapshot / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
 
 def _train_bpe(texts: list[str], specials: list[str], vocab_size: int):
@@ -454,7 +363,6 @@ def _train_bpe(texts: list[str], specials: list[str], vocab_size: int):
 
 
 def _make_tokenizer(kind: str, texts: list[str]):
-    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     if kind == "smollm2":
@@ -468,19 +376,6 @@ def _make_tokenizer(kind: str, texts: list[str]):
             additional_special_tokens=SMOL_SPECIALS,  # all 17, <|endoftext|> included
             model_max_length=8192,
         )
-    if kind == "qwen2.5":
-        tok = _train_bpe(texts, [], 151643)
-        tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_SPECIALS])
-        fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-            additional_special_tokens=[t for t, s in QWEN_SPECIALS if s][1:],
-            model_max_length=131072,
-            errors="replace",
-        )
-        fast.chat_template = QWEN_CHAT_TEMPLATE
-        return fast
     from transformers import BertTokenizer
 
     if kind == "bert-uncased":  # the real bert-base-uncased vocabulary, shipped with the offline encoder

@@ -12,7 +12,7 @@ from conftest import REPO
 PACKAGE = REPO / "course_lib"
 # Lower layers first. A module may import only from layers strictly below its own.
 LAYERS = [
-    {"profiles", "results", "defaults", "remote_values"},
+    {"profiles", "results", "remote_values"},
     {"claims", "assets", "prep", "loop", "memory", "budget"},
     {"models", "data", "synthetic_hub", "llamafactory"},
     {"env", "dataset_ops"},

@@ -63,8 +63,8 @@ def test_hub_profile_uses_the_same_loading_code(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     with pytest.raises(OSError, match="network boundary"):
-        load_model("chat-model")
-    assert seen["source"] == "Qwen/Qwen2.5-0.5B-Instruct"
+        load_model("instruct-lm")
+    assert seen["source"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
     assert seen["dtype"] == torch.float32  # CPU here; bf16/fp16 on a GPU
 

@@ -4,7 +4,6 @@ from course_lib.profiles import CourseError, active_profile, registry_table, res
 
 EXPECTED_ROLES = {
     "causal-lm",
-    "chat-model",
     "instruct-lm",
     "encoder",
     "pretraining-corpus",

@@ -11,7 +11,6 @@ from course_lib.profiles import CourseError, resolve
 
 REAL = {  # repo -> (class, vocab size, hidden size, tokenizer length)
     "HuggingFaceTB/SmolLM2-135M": ("LlamaForCausalLM", 49152, 576, 49152),
-    "Qwen/Qwen2.5-0.5B-Instruct": ("Qwen2ForCausalLM", 151936, 896, 151665),
     "sentence-transformers/all-MiniLM-L6-v2": ("BertModel", 30522, 384, 30522),
     "distilbert/distilbert-base-uncased": ("DistilBertForMaskedLM", 30522, 768, 30522),
     "distilbert/distilbert-base-cased-distilled-squad": ("DistilBertForQuestionAnswering", 28996, 768, 28996),
@@ -81,33 +80,6 @@ def test_smollm2_is_a_base_model_without_chat_template(hub):
     assert list(specials) == synthetic_hub.SMOL_SPECIALS and len(specials) == 17
     with pytest.raises(ValueError, match="chat template"):
         tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
-
-
-def test_qwen_tokenizer_has_its_special_tokens_and_chat_template(hub):
-    from transformers import AutoTokenizer, GenerationConfig
-
-    tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", cache_dir=str(hub / "hub"))
-    assert type(tokenizer).__name__ == "Qwen2Tokenizer"
-    generation = GenerationConfig.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", cache_dir=str(hub / "hub"))
-    assert (generation.do_sample, generation.repetition_penalty) == (True, 1.1)
-    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [
-        151643,
-        151644,
-        151645,
-    ]
-    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == (
-        "<|im_end|>",
-        "<|endoftext|>",
-        None,
-    )
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
-    )
-    assert text == (
-        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-        "<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    )
-    assert tokenizer("<|im_end|>")["input_ids"] == [151645]
 
 
 def test_bert_tokenizer_is_the_real_uncased_vocabulary(hub):

