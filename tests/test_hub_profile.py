@@ -27,7 +27,7 @@ from course_lib.claims import FAILED_MARK
 EXPECTED_FAILED_CLAIMS = REPO / "tests" / "hub_failed_claims.json"
 
 # Two notebooks at a time, one thread each (see run_nbmake): every chapter's tensors span the real
-# vocabularies (49,152 and 151,936 tokens against the course's 4,096), which makes this run the
+# vocabularies (SmolLM2's 49,152 tokens against the course's 4,096), which makes this run the
 # longest stage of CI. Measured on a slow 2-core machine with COURSE_BUDGET=smoke: 724 s wall for
 # 1,434 s of notebook time (1,075 s for 2,012 s with every chapter's full budget).
 HUB_WORKERS = 2
