@@ -196,20 +196,36 @@ def install_missing(needs: tuple[str, ...] | list[str] = ()) -> list[str]:
     if unknown:
         raise CourseError(f"Unknown chapter extra(s) {unknown}; known: {sorted(CHAPTER_EXTRAS)}.")
     profile, installed = active_profile(), []
-    for name in needs:
-        module, pip_args, profiles = CHAPTER_EXTRAS[name]
-        if profile not in profiles or importlib.util.find_spec(module) is not None:
-            continue
-        command = [sys.executable, "-m", "pip", "install", "-q", *pip_args]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise CourseError(
-                f"Installing {name} failed. Run `{shlex.join(['pip', 'install', *pip_args])}` yourself "
-                f"and look at pip's message:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
-            )
-        importlib.invalidate_caches()
-        installed.append(pip_args[-1])
+    with _one_installer_per_environment():
+        for name in needs:
+            module, pip_args, profiles = CHAPTER_EXTRAS[name]
+            importlib.invalidate_caches()  # another kernel may have installed it meanwhile
+            if profile not in profiles or importlib.util.find_spec(module) is not None:
+                continue
+            command = [sys.executable, "-m", "pip", "install", "-q", *pip_args]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise CourseError(
+                    f"Installing {name} failed. Run `{shlex.join(['pip', 'install', *pip_args])}` "
+                    f"yourself and look at pip's message:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+                )
+            importlib.invalidate_caches()
+            installed.append(pip_args[-1])
     return installed
+
+
+def _one_installer_per_environment():
+    """A lock that kernels of one Python environment take in turn before installing extras: two
+    chapters started together (the test command executes two at a time) would otherwise run two
+    pips on the same packages at once. ``filelock`` comes with huggingface_hub."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    from filelock import FileLock
+
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"course_lib-extras-{environment}.lock")
 
 
 def install_extras(*needs: str) -> None:

