@@ -83,12 +83,14 @@ def pytest_terminal_summary(terminalreporter):
     for stage, seconds in _STAGE_SECONDS.items():
         terminalreporter.write_line(f"{seconds:7.1f} s  {stage}")
     if TIMINGS.exists():
-        rows = json.loads(TIMINGS.read_text())
-        terminalreporter.section("notebook execution times (budget 120 s each, offline, this machine)")
+        offline = json.loads(TIMINGS.read_text())
+        rows = offline["notebooks"]
+        # the budget (120 s) is a chapter's time alone on 2 cores: the book build logs those
+        terminalreporter.section("notebook execution times (offline, two notebooks at a time, one thread each)")
         for row in rows:
-            flag = "" if row["seconds"] <= row["budget"] else "  OVER BUDGET"
-            terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['status']:7} {row['notebook']}{flag}")
+            terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['status']:7} {row['notebook']}")
         terminalreporter.write_line(f"{sum(r['seconds'] for r in rows):7.1f} s  total")
+        terminalreporter.write_line(f"{offline['wall_seconds']:7.1f} s  wall clock")
     if WHEEL_INSTALL.exists():
         seconds = json.loads(WHEEL_INSTALL.read_text())["seconds"]
         terminalreporter.write_line(f"{seconds:7.1f} s  (before them) wheel built, installed in a fresh venv")

@@ -24,8 +24,14 @@ import yaml
 from conftest import REPO, TIMINGS
 
 pytestmark = pytest.mark.book
-BUDGET_SECONDS = 120
-# Machines are noisy: the budget is reported, only this fails (a hang, not a slow machine: a 2-core
+# Two notebooks at a time, one thread each (see run_nbmake), the longest first so that neither
+# worker ends the run alone on one: on 2 cores that gets through the book sooner than one
+# notebook at a time on two threads. Each chapter's time alone on 2 cores, the one the budget
+# is about, is what the book build (the README's first command) logs: it executes one at a time.
+OFFLINE_WORKERS = 2
+# The chapters that took longest offline in the last measured run (README, chapter times)
+LONGEST_OFFLINE = ("08_sft_lora", "13_quantization_qlora", "09_evaluation", "05_peft_trl_tour", "14_scaling_out")
+# Machines are noisy: only this fails (a hang, not a slow machine: a 2-core
 # EPYC without AVX-512 ran chapter 8 offline in 278 s and its hub run's LoRA cell past 300 s)
 HARD_TIMEOUT_SECONDS = 600
 CHROMIUM = "/usr/bin/chromium"
@@ -58,8 +64,7 @@ def run_nbmake(
 
     ``workers > 1`` runs that many notebooks at a time (pytest-xdist), each kernel on one thread:
     on 2 cores two one-thread kernels get through more work than one two-thread kernel, but each
-    notebook's time then says less about its time alone (the offline run, whose times are the
-    budget report, keeps one worker)."""
+    notebook's time then says less about its time alone."""
     parallel = ["-n", str(workers)] if workers > 1 else []
     if workers > 1:
         env = env | {"OMP_NUM_THREADS": "1"}
@@ -90,17 +95,22 @@ def run_nbmake(
 def executed(book_copy, wheel_venv) -> tuple[int, str]:
     """Execute every notebook of the toc once, in place in the copy (outside the checkout), with
     the wheel-installed course_lib: the one execution the page checks and the book build read."""
-    paths = [book_copy / f"{nb}.ipynb" for nb in _toc_notebooks()]
-    code, log, rows = run_nbmake(paths, book_copy, wheel_venv, book_copy / "nbmake.xml")
+    order = sorted(_toc_notebooks(), key=lambda nb: nb.rpartition("/")[2] not in LONGEST_OFFLINE)
+    paths = [book_copy / f"{nb}.ipynb" for nb in order]
+    start = time.perf_counter()
+    code, log, rows = run_nbmake(
+        paths, book_copy, wheel_venv, book_copy / "nbmake.xml", workers=OFFLINE_WORKERS
+    )
+    wall = round(time.perf_counter() - start, 1)
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
-    TIMINGS.write_text(json.dumps([{**row, "budget": BUDGET_SECONDS} for row in rows], indent=1))
+    TIMINGS.write_text(json.dumps({"wall_seconds": wall, "notebooks": rows}, indent=1))
     return code, log
 
 
 def test_every_notebook_executes_offline(executed):
     code, log = executed
     assert code == 0, log
-    rows = json.loads(TIMINGS.read_text())
+    rows = json.loads(TIMINGS.read_text())["notebooks"]
     assert len(rows) == len(_toc_notebooks())
     assert all(r["seconds"] < HARD_TIMEOUT_SECONDS for r in rows)
 

@@ -51,7 +51,7 @@ def hub_executed(tmp_path_factory, wheel_venv, hub_environment) -> tuple[int, st
     shutil.copytree(REPO / "notebooks", root / "notebooks")
     env = wheel_venv | hub_environment | {"COURSE_CLAIMS": "report", "COURSE_BUDGET": "smoke"}
     # the longest first, so that neither worker ends the run alone on one
-    order = sorted(_toc_notebooks(), key=lambda nb: nb not in LONGEST_UNDER_HUB)
+    order = sorted(_toc_notebooks(), key=lambda nb: nb.rpartition("/")[2] not in LONGEST_UNDER_HUB)
     paths = [root / f"{nb}.ipynb" for nb in order]
     start = time.perf_counter()
     code, log, rows = run_nbmake(paths, root, env, root / "nbmake.xml", workers=HUB_WORKERS)
