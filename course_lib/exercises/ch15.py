@@ -37,7 +37,7 @@ def check_optimizer_state(adamw_gb: float, adamw8bit_gb: float, parameters: floa
 
 
 def llama_7b_shape():
-    """The LlamaConfig of Llama 2 7B (the chapter's 15.10)."""
+    """The LlamaConfig of Llama 2 7B (the chapter's 15.11)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
