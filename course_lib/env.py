@@ -144,17 +144,29 @@ def versions(libraries=LIBRARIES) -> dict[str, str | None]:
     return found
 
 
+class _UnloadableKernelLibraries(logging.Filter):
+    """Drops torchao's "Failed to load <library>" lines: its optional CUDA kernels on a CPU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to load ")
+
+
 def quiet_optional_backends() -> None:
     """Import torchao (when installed) with its start-up noise swallowed.
 
     transformers imports torchao on first model load; torchao then reports every optional
     CUDA kernel library it cannot load on this machine, and torch warns about its enum
-    registrations. Neither affects the course, but both would print on every page.
+    registrations. Neither affects the course, but both would print on every page. The filter
+    also covers a torchao installed after this kernel started (by a chapter running beside it),
+    which peft then imports on its first LoRA model.
     """
     import contextlib
     import io
 
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    torchao_logger = logging.getLogger("torchao")
+    if not any(isinstance(f, _UnloadableKernelLibraries) for f in torchao_logger.filters):
+        torchao_logger.addFilter(_UnloadableKernelLibraries())
     # bitsandbytes' CPU backend warns at import that the optional `kernels` package is missing
     # (its only message): the fallback kernel it then uses works.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

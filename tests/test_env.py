@@ -132,3 +132,22 @@ def test_install_extras_says_what_it_installed_and_nothing_else(monkeypatch, cap
     assert capsys.readouterr().out == ""
     env.install_extras("bitsandbytes", "torchao")
     assert capsys.readouterr().out == "installed for this chapter: torchao>=0.10\n"
+
+
+def test_torchao_kernel_library_failures_stay_quiet_even_when_imported_late(caplog):
+    """torchao logs a "Failed to load" line per CUDA kernel library on a CPU, whenever it is
+    first imported: after the setup cell too, when a chapter beside this one installed it."""
+    import logging
+
+    from course_lib import env
+
+    env.quiet_optional_backends()
+    env.quiet_optional_backends()  # the setup cell and install_extras both call it
+    torchao = logging.getLogger("torchao")
+    with caplog.at_level(logging.WARNING, logger="torchao"):
+        torchao.warning("Failed to load /venv/torchao/_C_mxfp8.so: Could not load this library")
+        torchao.warning("Skipping import of cpp extensions due to incompatible torch version.")
+    logged = [r.getMessage() for r in caplog.records if r.name == "torchao"]
+    assert not [m for m in logged if m.startswith("Failed to load")]
+    assert [m for m in logged if m.startswith("Skipping import")]
+    assert sum(isinstance(f, env._UnloadableKernelLibraries) for f in torchao.filters) == 1
