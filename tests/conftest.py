@@ -86,7 +86,9 @@ def pytest_terminal_summary(terminalreporter):
         offline = json.loads(TIMINGS.read_text())
         rows = offline["notebooks"]
         # the budget (120 s) is a chapter's time alone on 2 cores: the book build logs those
-        terminalreporter.section("notebook execution times (offline, two notebooks at a time, one thread each)")
+        terminalreporter.section(
+            "notebook execution times (offline, two notebooks at a time, one thread each)"
+        )
         for row in rows:
             terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['status']:7} {row['notebook']}")
         terminalreporter.write_line(f"{sum(r['seconds'] for r in rows):7.1f} s  total")

@@ -30,7 +30,13 @@ pytestmark = pytest.mark.book
 # is about, is what the book build (the README's first command) logs: it executes one at a time.
 OFFLINE_WORKERS = 2
 # The chapters that took longest offline in the last measured run (README, chapter times)
-LONGEST_OFFLINE = ("08_sft_lora", "13_quantization_qlora", "09_evaluation", "05_peft_trl_tour", "14_scaling_out")
+LONGEST_OFFLINE = (
+    "08_sft_lora",
+    "13_quantization_qlora",
+    "09_evaluation",
+    "05_peft_trl_tour",
+    "14_scaling_out",
+)
 # Machines are noisy: only this fails (a hang, not a slow machine: a 2-core
 # EPYC without AVX-512 ran chapter 8 offline in 278 s and its hub run's LoRA cell past 300 s)
 HARD_TIMEOUT_SECONDS = 600
