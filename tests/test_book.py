@@ -62,6 +62,12 @@ def book_copy(tmp_path_factory) -> Path:
     return root
 
 
+def longest_first(longest: tuple[str, ...]) -> list[str]:
+    """The toc's notebooks with those named in ``longest`` (bare names) first, so that neither
+    worker of a two-at-a-time run ends it alone on one of them."""
+    return sorted(_toc_notebooks(), key=lambda nb: nb.rpartition("/")[2] not in longest)
+
+
 def run_nbmake(
     paths: list[Path], root: Path, env: dict[str, str], junit: Path, workers: int = 1
 ) -> tuple[int, str, list]:
@@ -101,8 +107,7 @@ def run_nbmake(
 def executed(book_copy, wheel_venv) -> tuple[int, str]:
     """Execute every notebook of the toc once, in place in the copy (outside the checkout), with
     the wheel-installed course_lib: the one execution the page checks and the book build read."""
-    order = sorted(_toc_notebooks(), key=lambda nb: nb.rpartition("/")[2] not in LONGEST_OFFLINE)
-    paths = [book_copy / f"{nb}.ipynb" for nb in order]
+    paths = [book_copy / f"{nb}.ipynb" for nb in longest_first(LONGEST_OFFLINE)]
     start = time.perf_counter()
     code, log, rows = run_nbmake(
         paths, book_copy, wheel_venv, book_copy / "nbmake.xml", workers=OFFLINE_WORKERS

@@ -19,7 +19,7 @@ import time
 import pytest
 from conftest import HUB_TIMINGS, REPO
 from page_checks import merged_streams
-from test_book import _toc_notebooks, run_nbmake
+from test_book import _toc_notebooks, longest_first, run_nbmake
 
 from course_lib.claims import FAILED_MARK
 
@@ -50,9 +50,7 @@ def hub_executed(tmp_path_factory, wheel_venv, hub_environment) -> tuple[int, st
     root = tmp_path_factory.mktemp("hub")
     shutil.copytree(REPO / "notebooks", root / "notebooks")
     env = wheel_venv | hub_environment | {"COURSE_CLAIMS": "report", "COURSE_BUDGET": "smoke"}
-    # the longest first, so that neither worker ends the run alone on one
-    order = sorted(_toc_notebooks(), key=lambda nb: nb.rpartition("/")[2] not in LONGEST_UNDER_HUB)
-    paths = [root / f"{nb}.ipynb" for nb in order]
+    paths = [root / f"{nb}.ipynb" for nb in longest_first(LONGEST_UNDER_HUB)]
     start = time.perf_counter()
     code, log, rows = run_nbmake(paths, root, env, root / "nbmake.xml", workers=HUB_WORKERS)
     wall = round(time.perf_counter() - start, 1)
